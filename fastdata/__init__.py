@@ -1,0 +1,17 @@
+"""fastdata: fast image loading for training vision models, compatible with FFCV's .beton files.
+
+The pieces: ``format`` (the on-disk layout), ``fields`` (one module per field type),
+``writer.DatasetWriter`` (parallel, atomic writes), ``reader.Reader`` (validated random access),
+``jpeg`` (the codec), ``images`` (turning any image file into RGB) and ``cli`` (the command line).
+"""
+from .fields import (BytesField, Field, FloatField, IntField, JSONField, NDArrayField,
+                     RGBImageField, TorchTensorField)
+from .format import FormatError
+from .reader import Reader, SampleError
+from .writer import DatasetWriter, SampleFailure, WriteError, WriteReport
+
+__version__ = "0.1.0"
+
+__all__ = ["BytesField", "Field", "FloatField", "IntField", "JSONField", "NDArrayField",
+           "RGBImageField", "TorchTensorField", "FormatError", "Reader", "SampleError",
+           "DatasetWriter", "SampleFailure", "WriteError", "WriteReport", "__version__"]

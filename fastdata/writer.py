@@ -1,0 +1,337 @@
+"""Writing a ``.beton`` file: encode samples in parallel, lay them into pages, finalize atomically.
+
+Worker threads load and encode samples (JPEG decoding, resizing and encoding release the GIL, so
+threads scale across cores with no copies between processes).  The calling thread places the
+encoded samples into pages in sample order, so the file's layout does not depend on the number of
+workers, and every sample's regions lie inside one page (as in FFCV, whose quasi-random order and
+process cache rely on it).
+
+The file is written under a temporary name beside the output and renamed over it only when it is
+complete: an interrupted, killed or failed write never leaves a file at the output path that looks
+complete, and an older file there is kept intact until the new one replaces it.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field as dataclass_field
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from . import format as fmt
+from .fields import Field
+
+
+class WriteError(RuntimeError):
+    """The write stopped; nothing was left at the output path."""
+
+
+@dataclass
+class SampleFailure:
+    """A source sample that could not be written: its index, a description (path) and why."""
+    index: int
+    source: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+
+@dataclass
+class WriteReport:
+    """What a write did.  ``seconds`` is wall time; rates are per second of it."""
+    path: str
+    num_written: int
+    num_failed: int
+    seconds: float
+    file_size: int
+    failures: list[SampleFailure] = dataclass_field(default_factory=list)
+    error_log: Optional[str] = None
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.num_written / self.seconds if self.seconds > 0 else float("inf")
+
+
+def default_workers() -> int:
+    """All the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class _PagePacker:
+    """Places encoded samples into full pages written in order to an open file."""
+
+    def __init__(self, file, data_start: int, page_size: int):
+        self.file, self.page_size = file, page_size
+        self.page = bytearray(page_size)
+        self.next_page = data_start // page_size   # absolute number of the next page to start
+        self.page_no = -1          # absolute number of the page in self.page; -1: none yet
+        self.offset = page_size    # no room left: the first place() starts a page
+        self.dirty = False         # self.page holds data not yet written
+        self.alloc: list[tuple[int, int, int]] = []
+
+    def _flush(self) -> None:
+        if self.dirty:
+            self.file.seek(self.page_no * self.page_size)
+            self.file.write(self.page)
+            self.dirty = False
+
+    def _new_page(self) -> None:
+        self._flush()
+        self.page_no, self.next_page = self.next_page, self.next_page + 1
+        self.page[:] = bytes(self.page_size)
+        self.offset = 0
+
+    def place(self, sample_id: int, payloads: Sequence[Any]) -> list[int]:
+        """Copy one sample's payloads into one page; returns their absolute pointers."""
+        # A zero-size value still takes one byte so that every pointer is unique (FFCV looks
+        # regions up by pointer); the allocation table records its true size, 0.
+        sizes = [0 if p is None else len(p) for p in payloads]
+        needed = sum(max(s, 1) for p, s in zip(payloads, sizes) if p is not None)
+        if needed > self.page_size:
+            raise ValueError(f"encoded sample is {needed} bytes, larger than the page size "
+                             f"{self.page_size}: lower max_resolution or raise page_size")
+        if needed > self.page_size - self.offset:
+            self._new_page()
+        ptrs = []
+        for payload, size in zip(payloads, sizes):
+            if payload is None:
+                ptrs.append(0)
+                continue
+            ptr = self.page_no * self.page_size + self.offset
+            self.page[self.offset:self.offset + size] = payload
+            self.alloc.append((sample_id, ptr, size))
+            ptrs.append(ptr)
+            self.offset += max(size, 1)
+            self.dirty = True
+        return ptrs
+
+    def place_table(self, blob: bytes) -> int:
+        """Store a side table on fresh pages of its own (it may span several); its pointer."""
+        self._flush()
+        ptr = self.next_page * self.page_size
+        pages = max(1, -(-len(blob) // self.page_size))
+        self.file.seek(ptr)
+        self.file.write(blob)
+        self.file.write(bytes(pages * self.page_size - len(blob)))
+        self.alloc.append((int(fmt.NO_SAMPLE_ID), ptr, len(blob)))
+        self.page_no, self.next_page = self.next_page + pages - 1, self.next_page + pages
+        self.offset = self.page_size
+        return ptr
+
+    def finish(self) -> int:
+        """Write the last page; returns the end of the data pages (0 if none were written)."""
+        self._flush()
+        return 0 if self.page_no < 0 else self.next_page * self.page_size
+
+
+class DatasetWriter:
+    """Writes samples into a ``.beton`` file.
+
+    fields: an ordered mapping of field name to Field; each sample is a tuple in that order.
+    num_workers: threads that load and encode samples (-1: every core).
+    on_error: 'fail' stops at the first sample that cannot be encoded (nothing is written);
+      'skip' leaves such samples out, lists them in the report and in ``<path>.errors.tsv``.
+    progress: show a progress bar (images/s, ETA) on stderr.
+    """
+
+    def __init__(self, path: str | os.PathLike, fields: Mapping[str, Field],
+                 page_size: int = fmt.DEFAULT_PAGE_SIZE, num_workers: int = -1,
+                 on_error: str = "fail", progress: bool = True):
+        fmt.check_page_size(page_size)
+        if on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+        if not fields:
+            raise ValueError("a .beton file needs at least one field")
+        for name in fields:
+            fmt.encode_name(name)
+        self.path = os.fspath(path)
+        self.fields = dict(fields)
+        self.page_size = page_size
+        self.num_workers = default_workers() if num_workers in (-1, 0, None) else int(num_workers)
+        self.on_error = on_error
+        self.progress = progress
+
+    def from_indexed_dataset(self, dataset: Any, indices: Optional[Sequence[int]] = None,
+                             describe: Optional[Callable[[int], str]] = None) -> WriteReport:
+        """Write ``dataset[i]`` (a tuple in field order) for each i of ``indices`` (default all).
+
+        ``describe(i)`` names source sample i in error messages (default "sample i")."""
+        indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+        return self.write(len(indices), lambda k: dataset[indices[k]],
+                          describe=(lambda k: describe(indices[k])) if describe
+                          else (lambda k: f"sample {indices[k]}"),
+                          source_index=lambda k: indices[k])
+
+    def write(self, num_samples: int, load: Callable[[int], tuple],
+              describe: Callable[[int], str] = lambda k: f"sample {k}",
+              source_index: Callable[[int], int] = lambda k: k) -> WriteReport:
+        """Write samples ``load(0) .. load(num_samples - 1)``; ``load`` runs in worker threads."""
+        if num_samples <= 0:
+            raise WriteError(f"nothing to write to {self.path}: no samples")
+        out_dir = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(out_dir):
+            raise WriteError(f"output folder {out_dir} does not exist")
+        fd, tmp_path = tempfile.mkstemp(dir=out_dir, prefix=os.path.basename(self.path) + ".",
+                                        suffix=".partial")
+        started = time.perf_counter()
+        try:
+            with os.fdopen(fd, "w+b") as f:
+                written, failures = self._write_file(f, num_samples, load, describe, source_index)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_path, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp_path)
+            except FileNotFoundError:
+                pass
+            raise
+        seconds = time.perf_counter() - started
+        error_log = self._write_error_log(failures)
+        return WriteReport(self.path, written, len(failures), seconds, os.path.getsize(self.path),
+                           failures, error_log)
+
+    def _write_error_log(self, failures: list[SampleFailure]) -> Optional[str]:
+        log_path = self.path + ".errors.tsv"
+        if not failures:
+            if os.path.exists(log_path):
+                os.unlink(log_path)    # stale: it described an earlier write
+            return None
+        with open(log_path, "w", encoding="utf-8") as log:
+            log.write("source_index\tsource\treason\n")
+            for fail in failures:
+                reason = fail.reason.replace("\t", " ").replace("\n", " ")
+                log.write(f"{fail.index}\t{fail.source}\t{reason}\n")
+        return log_path
+
+    def _encode_chunk(self, ks: range, load: Callable[[int], tuple],
+                      source_index: Callable[[int], int], describe: Callable[[int], str]
+                      ) -> list[tuple[int, Any]]:
+        fields = list(self.fields.values())
+        names = list(self.fields)
+        results = []
+        for k in ks:
+            index = source_index(k)
+            try:
+                sample = load(k)
+                if not isinstance(sample, (tuple, list)) or len(sample) != len(fields):
+                    raise TypeError(f"expected a tuple of {len(fields)} values ({', '.join(names)})"
+                                    f", got {type(sample).__name__}"
+                                    + (f" of {len(sample)}" if isinstance(sample, (tuple, list))
+                                       else ""))
+                encoded = []
+                for name, fld, value in zip(names, fields, sample):
+                    try:
+                        encoded.append(fld.encode(value, index))
+                    except (ValueError, TypeError, OSError) as err:
+                        raise type(err)(f"field {name!r}: {err}") from None
+                results.append((k, encoded))
+            except (ValueError, TypeError, OSError, MemoryError) as err:
+                results.append((k, SampleFailure(index, describe(k), str(err) or
+                                                 type(err).__name__)))
+        return results
+
+    def _encoded_in_order(self, num_samples: int, load, describe, source_index
+                          ) -> Iterator[tuple[int, Any]]:
+        chunk = 8
+        window = 4 * self.num_workers
+        chunks = [range(s, min(s + chunk, num_samples)) for s in range(0, num_samples, chunk)]
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="fastdata-writer") as pool:
+            pending = []
+            next_chunk = 0
+            try:
+                while pending or next_chunk < len(chunks):
+                    while next_chunk < len(chunks) and len(pending) < window:
+                        pending.append(pool.submit(self._encode_chunk, chunks[next_chunk], load,
+                                                   source_index, describe))
+                        next_chunk += 1
+                    yield from pending.pop(0).result()
+            finally:
+                for fut in pending:
+                    fut.cancel()
+
+    def _write_file(self, f, num_samples: int, load, describe, source_index
+                    ) -> tuple[int, list[SampleFailure]]:
+        fields = list(self.fields.values())
+        record_dtype = fmt.metadata_dtype([fld.metadata_dtype for fld in fields])
+        metadata = np.zeros(num_samples, dtype=record_dtype)
+        side = {k: np.zeros(num_samples, dtype=fld.side_table_dtype)
+                for k, fld in enumerate(fields) if fld.side_table_dtype is not None}
+        data_start = fmt.data_start(len(fields), num_samples, record_dtype.itemsize, self.page_size)
+        packer = _PagePacker(f, data_start, self.page_size)
+        failures: list[SampleFailure] = []
+        written = 0
+        bar = _progress_bar(num_samples, self.progress, os.path.basename(self.path))
+        try:
+            for k, result in self._encoded_in_order(num_samples, load, describe, source_index):
+                if isinstance(result, list):
+                    try:
+                        ptrs = packer.place(written, [e.payload for e in result])
+                        metadata[written] = tuple(fld.metadata_record(e.meta, p)
+                                                  for fld, e, p in zip(fields, result, ptrs))
+                        for j, table in side.items():
+                            table[written] = result[j].side
+                        written += 1
+                    except ValueError as err:
+                        result = SampleFailure(source_index(k), describe(k), str(err))
+                if isinstance(result, SampleFailure):
+                    if self.on_error == "fail":
+                        raise WriteError(f"{result.source}: {result.reason}")
+                    failures.append(result)
+                    if bar is not None:
+                        bar.set_postfix(skipped=len(failures), refresh=False)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        if written == 0:
+            raise WriteError(f"no sample could be written to {self.path} "
+                             f"({len(failures)} failed; first: {failures[0] if failures else '-'})")
+
+        arguments = []
+        for k, fld in enumerate(fields):
+            location = None
+            if k in side:
+                table = side[k][:written]
+                location = (packer.place_table(table.tobytes()), written)
+            arguments.append(fld.to_arguments(location))
+        data_end = packer.finish()
+        meta_start = fmt.metadata_start(len(fields))
+        alloc_table_ptr = data_end or meta_start + written * record_dtype.itemsize
+
+        table = np.array(packer.alloc, dtype=fmt.ALLOC_ENTRY_DTYPE)
+        f.seek(alloc_table_ptr)
+        f.write(table.tobytes())
+        f.truncate()
+        header = np.zeros((), dtype=fmt.HEADER_DTYPE)
+        header["version"] = fmt.VERSION
+        header["num_fields"] = len(fields)
+        header["page_size"] = self.page_size
+        header["num_samples"] = written
+        header["alloc_table_ptr"] = alloc_table_ptr
+        descriptors = np.zeros(len(fields), dtype=fmt.FIELD_DESC_DTYPE)
+        for k, (name, fld) in enumerate(self.fields.items()):
+            descriptors[k]["type_id"] = fld.TYPE_ID
+            descriptors[k]["name"] = fmt.encode_name(name)
+            descriptors[k]["arguments"] = arguments[k]
+        f.seek(0)
+        f.write(header.tobytes())
+        f.write(descriptors.tobytes())
+        f.write(metadata[:written].tobytes())
+        return written, failures
+
+
+def _progress_bar(total: int, enabled: bool, name: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit="img", desc=f"writing {name}", smoothing=0.1,
+                dynamic_ncols=True)

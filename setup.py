@@ -1,0 +1,29 @@
+"""fastdata: a fast, pip-installable image data loader that reads and writes FFCV's .beton files."""
+from setuptools import find_packages, setup
+
+setup(
+    name="fastdata",
+    version="0.1.0",
+    description="Fast image loading and label-aware augmentation for training vision models; "
+                "reads and writes FFCV .beton files.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["fastdata", "fastdata.*", "writers", "writers.*"]),
+    # Wheels only: every dependency below ships binary wheels with its own libjpeg-turbo / OpenCV,
+    # so `pip install .` needs no compiler and no system library.  torch is not here on purpose:
+    # only the loader needs it, and a bare `pip install torch` pulls a multi-GB CUDA build.
+    install_requires=[
+        "numpy>=1.23",
+        "numba>=0.57",
+        "opencv-python-headless>=4.6",
+        "simplejpeg>=1.6",
+        "pillow>=9.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "torch": ["torch>=2.0"],
+        "test": ["pytest>=7"],
+    },
+    entry_points={"console_scripts": ["fastdata=fastdata.cli:main"]},
+)

@@ -1,0 +1,21 @@
+"""Any indexable Python dataset whose items are tuples in field order (like FFCV's
+``DatasetWriter.from_indexed_dataset``): ``len(ds)`` and ``ds[i] -> (value, value, ...)``.
+
+Image values may be PIL images, uint8 arrays, encoded image bytes or file paths.  Items are
+loaded by worker threads: a dataset whose ``__getitem__`` is pure Python holds the GIL, so it
+gains less from extra workers than one that decodes images in C."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+from fastdata import DatasetWriter, Field, WriteReport
+
+
+def write_indexed_dataset(dataset: Any, out: str, fields: Mapping[str, Field],
+                          indices: Optional[Sequence[int]] = None, num_workers: int = -1,
+                          on_error: str = "fail", page_size: int = 1 << 23,
+                          progress: bool = True) -> WriteReport:
+    """Write ``dataset[i]`` for each i of ``indices`` (default: all) to ``out``."""
+    writer = DatasetWriter(out, fields, page_size=page_size, num_workers=num_workers,
+                           on_error=on_error, progress=progress)
+    return writer.from_indexed_dataset(dataset, indices=indices)
