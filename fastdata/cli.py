@@ -107,8 +107,9 @@ def _image_field(args: argparse.Namespace) -> RGBImageField:
         raise UserError(str(err)) from None
 
 
-def print_report(report: WriteReport, out=sys.stdout) -> None:
+def print_report(report: WriteReport, out=None) -> None:
     """The write summary, with every skipped file listed."""
+    out = out or sys.stdout
     for failure in report.failures:
         print(f"skipped: {failure}", file=out)
     mb = report.file_size / 1e6

@@ -13,7 +13,9 @@ complete, and an older file there is kept intact until the new one replaces it.
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field as dataclass_field
@@ -64,28 +66,68 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-class _PagePacker:
-    """Places encoded samples into full pages written in order to an open file."""
+def _pwrite_all(fd: int, offset: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
-    def __init__(self, file, data_start: int, page_size: int):
-        self.file, self.page_size = file, page_size
-        self.page = bytearray(page_size)
+
+class _PageSink:
+    """Writes finished pages from a thread of its own, so packing never waits on the disk."""
+
+    def __init__(self, fd: int, depth: int = 4):
+        self.fd = fd
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name="fastdata-page-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    _pwrite_all(self.fd, *item)
+                except BaseException as err:   # disk full, I/O error: re-raised by the packer
+                    self.error = err
+
+    def write(self, offset: int, data) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((offset, data))
+
+    def close(self) -> None:
+        """Wait for every queued page (once); re-raise a write error."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+class _PagePacker:
+    """Places encoded samples into full pages, handed in order to a _PageSink."""
+
+    def __init__(self, sink: _PageSink, data_start: int, page_size: int):
+        self.sink, self.page_size = sink, page_size
+        self.page = bytearray(0)
         self.next_page = data_start // page_size   # absolute number of the next page to start
         self.page_no = -1          # absolute number of the page in self.page; -1: none yet
         self.offset = page_size    # no room left: the first place() starts a page
-        self.dirty = False         # self.page holds data not yet written
         self.alloc: list[tuple[int, int, int]] = []
 
     def _flush(self) -> None:
-        if self.dirty:
-            self.file.seek(self.page_no * self.page_size)
-            self.file.write(self.page)
-            self.dirty = False
+        if self.offset:
+            self.sink.write(self.page_no * self.page_size, self.page)
 
     def _new_page(self) -> None:
-        self._flush()
+        if self.page_no >= 0:
+            self._flush()
         self.page_no, self.next_page = self.next_page, self.next_page + 1
-        self.page[:] = bytes(self.page_size)
+        self.page = bytearray(self.page_size)   # zeroed by calloc; the sink owns the old one
         self.offset = 0
 
     def place(self, sample_id: int, payloads: Sequence[Any]) -> list[int]:
@@ -109,26 +151,32 @@ class _PagePacker:
             self.alloc.append((sample_id, ptr, size))
             ptrs.append(ptr)
             self.offset += max(size, 1)
-            self.dirty = True
         return ptrs
 
     def place_table(self, blob: bytes) -> int:
-        """Store a side table on fresh pages of its own (it may span several); its pointer."""
-        self._flush()
+        """Store a side table in the current page if it fits, else on fresh pages of its own
+        (it may span several: a region read through the memory map may cross pages); its
+        pointer."""
+        if 0 < len(blob) <= self.page_size - self.offset:
+            return self.place(int(fmt.NO_SAMPLE_ID), [blob])[0]
+        if self.page_no >= 0:
+            self._flush()
         ptr = self.next_page * self.page_size
         pages = max(1, -(-len(blob) // self.page_size))
-        self.file.seek(ptr)
-        self.file.write(blob)
-        self.file.write(bytes(pages * self.page_size - len(blob)))
+        padded = bytearray(pages * self.page_size)
+        padded[:len(blob)] = blob
+        self.sink.write(ptr, padded)
         self.alloc.append((int(fmt.NO_SAMPLE_ID), ptr, len(blob)))
         self.page_no, self.next_page = self.next_page + pages - 1, self.next_page + pages
-        self.offset = self.page_size
+        self.offset = 0      # nothing left to flush: the table's pages went out whole
         return ptr
 
     def finish(self) -> int:
-        """Write the last page; returns the end of the data pages (0 if none were written)."""
+        """Hand over the last page; returns the end of the data pages (0 if none were written)."""
+        if self.page_no < 0:
+            return 0
         self._flush()
-        return 0 if self.page_no < 0 else self.next_page * self.page_size
+        return self.next_page * self.page_size
 
 
 class DatasetWriter:
@@ -182,10 +230,13 @@ class DatasetWriter:
                                         suffix=".partial")
         started = time.perf_counter()
         try:
-            with os.fdopen(fd, "w+b") as f:
-                written, failures = self._write_file(f, num_samples, load, describe, source_index)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                written, failures = self._write_file(fd, num_samples, load, describe,
+                                                     source_index)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(tmp_path, 0o666 & ~_umask())
             os.replace(tmp_path, self.path)
         except BaseException:
             try:
@@ -257,7 +308,7 @@ class DatasetWriter:
                 for fut in pending:
                     fut.cancel()
 
-    def _write_file(self, f, num_samples: int, load, describe, source_index
+    def _write_file(self, fd: int, num_samples: int, load, describe, source_index
                     ) -> tuple[int, list[SampleFailure]]:
         fields = list(self.fields.values())
         record_dtype = fmt.metadata_dtype([fld.metadata_dtype for fld in fields])
@@ -265,7 +316,20 @@ class DatasetWriter:
         side = {k: np.zeros(num_samples, dtype=fld.side_table_dtype)
                 for k, fld in enumerate(fields) if fld.side_table_dtype is not None}
         data_start = fmt.data_start(len(fields), num_samples, record_dtype.itemsize, self.page_size)
-        packer = _PagePacker(f, data_start, self.page_size)
+        sink = _PageSink(fd)
+        try:
+            return self._pack(fd, sink, fields, record_dtype, metadata, side, data_start,
+                              num_samples, load, describe, source_index)
+        finally:
+            try:
+                sink.close()    # no page may still be in flight when the file is closed
+            except OSError:
+                pass            # already reported by _pack, or superseded by its exception
+
+    def _pack(self, fd: int, sink: "_PageSink", fields: list[Field], record_dtype: np.dtype,
+              metadata: np.ndarray, side: dict, data_start: int, num_samples: int, load,
+              describe, source_index) -> tuple[int, list[SampleFailure]]:
+        packer = _PagePacker(sink, data_start, self.page_size)
         failures: list[SampleFailure] = []
         written = 0
         bar = _progress_bar(num_samples, self.progress, os.path.basename(self.path))
@@ -304,13 +368,13 @@ class DatasetWriter:
                 location = (packer.place_table(table.tobytes()), written)
             arguments.append(fld.to_arguments(location))
         data_end = packer.finish()
+        sink.close()
         meta_start = fmt.metadata_start(len(fields))
         alloc_table_ptr = data_end or meta_start + written * record_dtype.itemsize
 
         table = np.array(packer.alloc, dtype=fmt.ALLOC_ENTRY_DTYPE)
-        f.seek(alloc_table_ptr)
-        f.write(table.tobytes())
-        f.truncate()
+        _pwrite_all(fd, alloc_table_ptr, table.tobytes())
+        os.ftruncate(fd, alloc_table_ptr + table.nbytes)
         header = np.zeros((), dtype=fmt.HEADER_DTYPE)
         header["version"] = fmt.VERSION
         header["num_fields"] = len(fields)
@@ -322,11 +386,14 @@ class DatasetWriter:
             descriptors[k]["type_id"] = fld.TYPE_ID
             descriptors[k]["name"] = fmt.encode_name(name)
             descriptors[k]["arguments"] = arguments[k]
-        f.seek(0)
-        f.write(header.tobytes())
-        f.write(descriptors.tobytes())
-        f.write(metadata[:written].tobytes())
+        _pwrite_all(fd, 0, header.tobytes() + descriptors.tobytes() + metadata[:written].tobytes())
         return written, failures
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _progress_bar(total: int, enabled: bool, name: str):
