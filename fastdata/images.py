@@ -114,15 +114,20 @@ def load_image(data: bytes, exif_transpose: bool = False) -> SourceImage:
         try:
             info = jpeg.parse_header(data)
         except jpeg.JpegError:
-            info = None
-        if info is not None and info.is_plain_rgb and not (
-                exif_transpose and info.exif_orientation not in (None, 1)):
+            info = None        # headers we cannot walk: Pillow decides below
+        if info is not None:
             try:
-                jpeg.validate(data)
-                return SourceImage(info.width, info.height, jpeg.strip_metadata(data, info),
-                                   None, data, exif_transpose)
-            except jpeg.JpegError:
-                pass   # Pillow below decides: it tolerates warnings, rejects truncation
+                jpeg.validate(data, info.components)
+            except jpeg.JpegError as err:
+                # Pillow would decode corrupt entropy data as noise without a word: refuse it.
+                if not jpeg.is_harmless(err):
+                    what = "truncated" if "Premature end of JPEG file" in str(err) else "corrupt"
+                    raise ImageDecodeError(f"{what} JPEG: {err}") from None
+            else:
+                if info.is_plain_rgb and not (
+                        exif_transpose and info.exif_orientation not in (None, 1)):
+                    return SourceImage(info.width, info.height, jpeg.strip_metadata(data, info),
+                                       None, data, exif_transpose)
     rgb = _decode_any(data, exif_transpose)
     return SourceImage(rgb.shape[1], rgb.shape[0], None, rgb, None, exif_transpose)
 

@@ -7,6 +7,7 @@ bounds check on every length, so no file content can make it read out of range.
 """
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from typing import Optional
@@ -146,14 +147,25 @@ def decode(data: bytes, strict: bool = True) -> np.ndarray:
         raise JpegError(str(err)) from None
 
 
-def validate(data: bytes) -> None:
+# The one libjpeg warning that real, intact photos give: junk between the data and the end
+# marker.  Every other warning means corrupt or missing entropy-coded data.
+_HARMLESS_WARNING = re.compile(r"Corrupt JPEG data: \d+ extraneous bytes before marker 0xd9")
+
+
+def validate(data: bytes, components: int = 3) -> None:
     """Run the entropy decoder over the whole stream at the smallest DCT scale (cheap).
 
     Raises JpegError on any error or warning, which is what a truncated or corrupt file gives."""
     try:
-        simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_height=1, min_width=1)
+        simplejpeg.decode_jpeg(data, colorspace="CMYK" if components == 4 else "RGB",
+                               strict=True, min_height=1, min_width=1)
     except (ValueError, RuntimeError) as err:
         raise JpegError(str(err)) from None
+
+
+def is_harmless(error: JpegError) -> bool:
+    """Whether a validate() error is only junk before the end marker (the pixels are intact)."""
+    return bool(_HARMLESS_WARNING.fullmatch(str(error)))
 
 
 def encode(rgb: np.ndarray, quality: int = 90) -> bytes:

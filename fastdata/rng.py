@@ -1,0 +1,67 @@
+"""A counter-based random number generator: every draw is a pure function of its key.
+
+A key is (seed, epoch, sample index, op); draw number k of a key is ``uniform(key, k)``.  Nothing
+is shared between threads and nothing depends on the order in which samples are processed, so a
+run gives the same augmentations bit for bit whatever the number of threads, and resuming at
+batch b of epoch e needs no saved generator state.
+
+The mixing function is SplitMix64's finaliser (Steele, Lea & Flood 2014), applied once per key
+component: it passes BigCrush as a counter-based generator.  The functions are Numba-compiled
+(usable inside nopython kernels) and also callable from Python.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+_TO_UNIT = 1.0 / 9007199254740992.0   # 2**-53
+
+# Op ids: which random decision a draw is for.  New ops take new ids; never renumber.
+OP_ORDER = 1
+OP_CROP = 2
+OP_FLIP = 3
+OP_MIX = 4
+OP_REPLAY = 5
+
+
+@njit(cache=True, nogil=True, inline="always")
+def mix64(x: np.uint64) -> np.uint64:
+    """SplitMix64: a bijective, avalanching hash of a 64-bit word."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True, nogil=True)
+def make_key(seed: int, epoch: int, index: int, op: int) -> np.uint64:
+    """The stream key of one (seed, epoch, sample index, op)."""
+    h = mix64(np.uint64(seed))
+    h = mix64(h ^ np.uint64(epoch))
+    h = mix64(h ^ np.uint64(index))
+    return mix64(h ^ np.uint64(op))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def uniform(key: np.uint64, k: int) -> float:
+    """Draw number ``k`` of stream ``key``: a float in [0, 1) with 53 random bits."""
+    return float(mix64(key ^ mix64(np.uint64(k))) >> _S11) * _TO_UNIT
+
+
+@njit(cache=True, nogil=True)
+def draw(seed: int, epoch: int, index: int, op: int, k: int) -> float:
+    """``uniform(make_key(seed, epoch, index, op), k)`` in one call (handy from Python)."""
+    return uniform(make_key(seed, epoch, index, op), k)
+
+
+@njit(cache=True, nogil=True)
+def draws(seed: int, epoch: int, indices: np.ndarray, op: int, k: int) -> np.ndarray:
+    """Draw ``k`` of op ``op`` for each sample index in ``indices`` (int64[:]): float64[:]."""
+    out = np.empty(len(indices), dtype=np.float64)
+    for i in range(len(indices)):
+        out[i] = uniform(make_key(seed, epoch, indices[i], op), k)
+    return out
