@@ -58,10 +58,11 @@ class Reader:
             raise FormatError(f"format version {int(header['version'])} is not {fmt.VERSION} "
                               f"(not a .beton file, or a corrupt header)")
         self.page_size = int(header["page_size"])
-        if self.page_size == 0 or self.page_size & (self.page_size - 1):
-            raise FormatError(f"page size {self.page_size} is not a power of two")
+        fmt.check_page_size(self.page_size)
         self.num_samples = int(header["num_samples"])
         num_fields = int(header["num_fields"])
+        if num_fields == 0:
+            raise FormatError("the header declares no fields")
         self.alloc_table_ptr = int(header["alloc_table_ptr"])
 
         meta_start = fmt.metadata_start(num_fields)
@@ -138,9 +139,11 @@ class Reader:
         if count != self.num_samples:
             raise FormatError(f"field {name!r}: side table has {count} entries for "
                               f"{self.num_samples} samples")
-        fmt_sizes = self.regions.sizes_at(np.array([ptr], dtype=np.uint64), name)
-        if int(fmt_sizes[0]) < nbytes:
-            raise FormatError(f"field {name!r}: side table does not fit its region")
+        starts = np.searchsorted(self.regions.ptrs, ptr)
+        if starts >= len(self.regions.ptrs) or int(self.regions.ptrs[starts]) != ptr \
+                or int(self.regions.sizes[starts]) < nbytes:
+            raise FormatError(f"field {name!r}: side table pointer {ptr} is not the start of an "
+                              f"allocated region of {nbytes} bytes")
         return self.data[ptr:ptr + nbytes].view(field.side_table_dtype)
 
     # -- access ---------------------------------------------------------------------------------

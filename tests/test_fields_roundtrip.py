@@ -69,7 +69,9 @@ def check_alloc_invariants(reader: fastdata.Reader) -> None:
     shift = page.bit_length() - 1
     assert len(np.unique(ptrs)) == len(ptrs), "allocation pointers are not unique"
     is_sample = ids != fmt.NO_SAMPLE_ID
-    assert (ptrs >= reader.metadata_dtype.itemsize * reader.num_samples).all()
+    data_start = fmt.data_start(len(reader.field_names), reader.num_samples,
+                                reader.metadata_dtype.itemsize, page)
+    assert (ptrs >= data_start).all() and (ptrs + sizes <= reader.alloc_table_ptr).all()
     sample_ptrs, sample_sizes = ptrs[is_sample], sizes[is_sample]
     assert ((sample_ptrs % page) + sample_sizes <= page).all(), "a region crosses a page"
     pages_of = {}
@@ -132,7 +134,7 @@ JSON_VALUES = [
     {"text": "héllo wörld", "emoji": "🙂👍🏽🇫🇷", "cjk": "漢字かなカナ한국어"},
     {"nested": {"a": [1, 2, {"b": [None, True, False, 1.5, -3]}], "deep": [[[[[]]]]]}},
     {}, [], None, "a\u0000b", "\u0000", "", 0, -1.25, 2 ** 62, True,
-    ["\ud83d\ude00", "tab\tnew\nline", "quote\"back\\slash", "\x7f\x01"],
+    ["\ud800 lone surrogate", "tab\tnew\nline", "quote\"back\\slash", "\x7f\x01"],
     {"emoji key 🎉": "v", "": ""},
 ]
 
@@ -164,7 +166,8 @@ def _array_cases():
         ("f64_256", np.float64, (256, 256), [rng.standard_normal((256, 256)) for _ in range(3)]),
         ("bool_7", np.bool_, (7,), [np.array([True, False, True, True, False, False, True]),
                                    np.zeros(7, bool)]),
-        ("i16_2x3x5", np.int16, (2, 3, 5), [rng.integers(-32768, 32767, (2, 3, 5), dtype=np.int16)]),
+        ("i16_2x3x5", np.int16, (2, 3, 5),
+         [rng.integers(-32768, 32767, (2, 3, 5), dtype=np.int16)]),
         ("c64_2", np.complex64, (2,), [np.array([1 + 2j, -0.5j], np.complex64)]),
     ]
 

@@ -6,6 +6,7 @@ JSON description (u8 at byte 256), and that description from byte 264, exactly a
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -33,7 +34,9 @@ class NDArrayField(Field):
         if not self.shape or len(self.shape) > MAX_DIMS or min(self.shape) <= 0:
             # FFCV strips trailing zeros from the stored shape, so a 0 dimension cannot round-trip.
             raise ValueError(f"NDArrayField shape {self.shape} needs 1 to {MAX_DIMS} positive sizes")
-        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        self.nbytes = math.prod(self.shape) * self.dtype.itemsize
+        if self.nbytes >= 1 << 63:
+            raise ValueError(f"NDArrayField shape {self.shape} is impossibly large")
 
     @property
     def metadata_dtype(self) -> np.dtype:

@@ -197,9 +197,10 @@ class RGBImageField(Field):
         height, width = int(record["height"]), int(record["width"])
         if int(record["mode"]) == MODE_RAW:
             return payload.reshape(height, width, 3).copy()
-        rgb = jpeg.decode(payload, strict=False)
-        if rgb.shape[:2] != (height, width):
-            raise FormatError(f"stored JPEG is {rgb.shape[1]}x{rgb.shape[0]} but its record "
+        # Check the JPEG's own size before decoding: a corrupt header could ask for gigabytes.
+        info = jpeg.parse_header(payload.tobytes())
+        if (info.width, info.height) != (width, height):
+            raise FormatError(f"stored JPEG is {info.width}x{info.height} but its record "
                               f"says {width}x{height}")
-        return rgb
+        return jpeg.decode(payload, strict=False)
 
