@@ -12,6 +12,19 @@ from .writer import DatasetWriter, SampleFailure, WriteError, WriteReport
 
 __version__ = "0.1.0"
 
+# The loader needs torch; importing it only on first use keeps writing and reading torch-free.
+_LAZY = {"Loader": "loader", "EpochIterator": "loader", "OrderOption": "order",
+         "imagenet_loader": "presets"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["BytesField", "Field", "FloatField", "IntField", "JSONField", "NDArrayField",
            "RGBImageField", "TorchTensorField", "FormatError", "Reader", "SampleError",
-           "DatasetWriter", "SampleFailure", "WriteError", "WriteReport", "__version__"]
+           "DatasetWriter", "SampleFailure", "WriteError", "WriteReport", "__version__",
+           "Loader", "EpochIterator", "OrderOption", "imagenet_loader"]

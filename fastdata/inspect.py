@@ -30,7 +30,7 @@ def describe(reader: Reader) -> str:
              f"metadata:    {reader.metadata_dtype.itemsize} bytes per sample",
              "fields:"]
     for k, (name, field) in enumerate(reader.fields.items()):
-        sizes = reader._sizes[name]
+        sizes = reader.payload_sizes(name)
         per_sample = (f"{float(np.mean(sizes)):,.0f} bytes/sample (min {int(sizes.min()):,}, "
                       f"max {int(sizes.max()):,})" if sizes is not None and n
                       else "in metadata")

@@ -109,8 +109,11 @@ class Reader:
         self._side_tables: dict[str, Optional[np.ndarray]] = {}
         for k, (name, field) in enumerate(self.fields.items()):
             column = self.metadata[f"f{k}"]
-            self._sizes[name] = field.payload_sizes(column, self.regions, name)
-            self._ptrs[name] = field.payload_ptrs(column)
+            sizes = field.payload_sizes(column, self.regions, name)
+            ptrs = field.payload_ptrs(column)
+            # Copies, not views of the map: they outlive it (load_into_memory, close).
+            self._sizes[name] = None if sizes is None else np.array(sizes, dtype=np.uint64)
+            self._ptrs[name] = None if ptrs is None else np.array(ptrs, dtype=np.uint64)
             self._side_tables[name] = self._read_side_table(name, field)
 
     def _check_alloc_table(self, data_floor: int) -> None:
@@ -146,6 +149,25 @@ class Reader:
                               f"allocated region of {nbytes} bytes")
         return self.data[ptr:ptr + nbytes].view(field.side_table_dtype)
 
+    def load_into_memory(self) -> None:
+        """Copy the whole file into process memory and drop the memory map (for files that
+        should not depend on the page cache; needs RAM for the whole file)."""
+        data = np.fromfile(self.path, dtype=np.uint8)
+        if len(data) != self.file_size:
+            raise FormatError(f"{self.path}: the file changed size while open")
+        offset = lambda view: view.ctypes.data - self.data.ctypes.data  # noqa: E731
+        meta_start = offset(self.metadata)
+        self.metadata = data[meta_start:meta_start + self.metadata.nbytes].view(
+            self.metadata_dtype)
+        self.alloc_table = data[self.alloc_table_ptr:].view(fmt.ALLOC_ENTRY_DTYPE)
+        for name, table in self._side_tables.items():
+            if table is not None:
+                start = offset(table)
+                self._side_tables[name] = data[start:start + table.nbytes].view(table.dtype)
+        self.data = data
+        self._mmap.close()
+        self._mmap = None
+
     # -- access ---------------------------------------------------------------------------------
     def __len__(self) -> int:
         return self.num_samples
@@ -166,6 +188,14 @@ class Reader:
             return None
         start = int(ptrs[i])
         return self.data[start:start + int(self._sizes[name][i])]
+
+    def payload_ptrs(self, name: str) -> Optional[np.ndarray]:
+        """Every sample's validated payload pointer for field ``name`` (uint64[N]), or None."""
+        return self._ptrs[name]
+
+    def payload_sizes(self, name: str) -> Optional[np.ndarray]:
+        """Every sample's validated payload size in bytes for field ``name``, or None."""
+        return self._sizes[name]
 
     def side_table(self, name: str) -> Optional[np.ndarray]:
         """The field's per-sample side table (for images: original width and height), or None."""

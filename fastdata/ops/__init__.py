@@ -1,1 +1,31 @@
-"""Image operations: resampling used by the writer now, and the loader's augmentation ops."""
+"""Pipeline steps.  A field's pipeline is ``[decoder, *batch_ops]`` (see ops.base).
+
+Decoders: image decoders (``image_decoders``: RandomResizedCrop, CenterCrop,
+SimpleRGBImageDecoder) and the others (``decoders``: IntDecoder, FloatDecoder, NDArrayDecoder,
+BytesDecoder, JSONDecoder).  Batch ops: ``tensor`` (ToTensor, ToTorchImage, ToDevice, Normalize,
+NormalizeImage, Squeeze, Convert) and RandomHorizontalFlip.  ``resize`` is the writer's
+max-resolution downscale; ``resample`` and ``image_kernel`` are the compiled pixel work.
+
+Names are imported on first use, so the writer (which needs ``resize`` only) never imports torch.
+"""
+import importlib
+
+_WHERE = {
+    "BatchContext": "base", "BatchOp": "base", "Decoder": "base", "Operation": "base",
+    "BytesDecoder": "decoders", "FloatDecoder": "decoders", "IntDecoder": "decoders",
+    "JSONDecoder": "decoders", "NDArrayDecoder": "decoders",
+    "CenterCrop": "image_decoders", "CenterCropRGBImageDecoder": "image_decoders",
+    "ImageDecoder": "image_decoders", "RandomHorizontalFlip": "image_decoders",
+    "RandomResizedCrop": "image_decoders", "RandomResizedCropRGBImageDecoder": "image_decoders",
+    "SimpleRGBImageDecoder": "image_decoders",
+    "IMAGENET_MEAN": "tensor", "IMAGENET_STD": "tensor", "Convert": "tensor",
+    "Normalize": "tensor", "NormalizeImage": "tensor", "Squeeze": "tensor", "ToDevice": "tensor",
+    "ToTensor": "tensor", "ToTorchImage": "tensor",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

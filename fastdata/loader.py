@@ -1,0 +1,488 @@
+"""The Loader: what a training script iterates.
+
+One epoch is run by an EpochIterator, which owns a producer thread and ``num_workers`` worker
+threads for exactly as long as the epoch (or until it is closed, broken out of, or garbage
+collected: no thread outlives it).  The producer takes batch after batch of the epoch's order,
+lets each field's decoder prepare it, hands the per-sample image work to the workers in small
+chunks (Numba kernels that hold no GIL), runs the batch ops, and queues the finished batch.
+
+Batches live in a ring of ``batches_ahead + 2`` slots allocated once per Loader: one being
+filled, up to ``batches_ahead`` queued, one held by the training loop.  Tensors a batch returns
+on the CPU share the slot's memory, so they stay valid until ``batches_ahead + 1`` further
+batches have been taken (as in FFCV); copy them to keep them longer.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .fields import (BytesField, FloatField, IntField, JSONField, NDArrayField, RGBImageField)
+from .ops.base import BatchContext, BatchOp, Decoder
+from .ops.decoders import BytesDecoder, FloatDecoder, IntDecoder, JSONDecoder, NDArrayDecoder
+from .ops.image_decoders import ImageDecoder, SimpleRGBImageDecoder
+from .ops.tensor import ToDevice, ToTensor
+from .order import OrderOption, as_order, epoch_order, shard
+from .reader import Reader, SampleError
+from .writer import default_workers
+
+CHUNK = 4   # samples per task handed to a worker: small enough to balance the batch's tail
+
+
+def default_decoder(field: Any) -> Decoder:
+    """FFCV's default decoder for a field type."""
+    for types, decoder in ((RGBImageField, SimpleRGBImageDecoder), (IntField, IntDecoder),
+                           (FloatField, FloatDecoder), (JSONField, JSONDecoder),
+                           (BytesField, BytesDecoder), (NDArrayField, NDArrayDecoder)):
+        if isinstance(field, types):
+            return decoder()
+    raise TypeError(f"no default decoder for {type(field).__name__}: give a pipeline")
+
+
+@dataclass
+class _Pipeline:
+    name: str
+    decoder: Decoder
+    ops: list[BatchOp]
+
+
+class _Slots:
+    """The ring: for each pipeline, ring_size preallocated decoder output batches."""
+
+    def __init__(self, pipelines: list[_Pipeline], batch_size: int, ring_size: int, pin: bool):
+        self.buffers: list[list[Any]] = []
+        for p in pipelines:
+            shape, dtype = p.decoder.sample_shape(batch_size)
+            if shape is None:
+                self.buffers.append([[None] * batch_size for _ in range(ring_size)])
+                continue
+            full = (ring_size, batch_size, *shape)
+            if pin and np.dtype(dtype) != np.dtype(object):
+                tensor = torch.empty(full, dtype=torch.from_numpy(np.zeros(0, dtype)).dtype,
+                                     pin_memory=True)
+                array = tensor.numpy()
+            else:
+                array = np.empty(full, dtype=dtype)
+            self.buffers.append([array[s] for s in range(ring_size)])
+
+
+class Loader:
+    """Batches of torch tensors from a .beton file (ours or FFCV's), FFCV's interface.
+
+    path: the .beton file.  batch_size: samples per batch (per rank when distributed).
+    num_workers: decoding threads (-1: every core this process may use).
+    order: 'sequential', 'random' or 'quasi_random' (or OrderOption / FFCV's OrderOption).
+    seed: keys every random decision (orders and augmentations) with the epoch and sample.
+    distributed: shard each epoch by torch.distributed's rank and world size (see order.py).
+    indices: the subset of sample indices to use (default: all).
+    pipelines: field name -> [decoder, *batch ops]; fields left out get FFCV's default
+      pipeline (decoder + ToTensor); None drops a field.  Outputs follow the pipelines' order.
+    batch_ops: ops on the whole output tuple after the per-field pipelines (e.g. CutMix).
+    drop_last: drop a last partial batch.  batches_ahead: batches prepared ahead.
+    os_cache: True memory-maps the file (the OS page cache holds it); False reads it into
+      process memory once.
+    return_params: also yield, per image pipeline, the float64 [B, 9] record of its random
+      decisions (crop top, left, height, width in stored pixels, the same in original-image
+      pixels, flip bit).
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], batch_size: int, num_workers: int = -1,
+                 order: Any = OrderOption.SEQUENTIAL, seed: int = 0, distributed: bool = False,
+                 indices: Optional[Sequence[int]] = None,
+                 pipelines: Optional[Mapping[str, Optional[Sequence[Any]]]] = None,
+                 batch_ops: Optional[Sequence[Any]] = None, drop_last: bool = True,
+                 batches_ahead: int = 3, os_cache: bool = True,
+                 custom_fields: Optional[Mapping[str, type]] = None, return_params: bool = False):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if batches_ahead < 1:
+            raise ValueError(f"batches_ahead must be >= 1, got {batches_ahead}")
+        self.reader = Reader(path, custom_fields)
+        if not os_cache:
+            self.reader.load_into_memory()
+        self.path = os.fspath(path)
+        self.batch_size = int(batch_size)
+        self.num_workers = default_workers() if num_workers in (-1, None) else int(num_workers)
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1 (or -1), got {num_workers}")
+        self.order = as_order(order)
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.batches_ahead = int(batches_ahead)
+        self.return_params = return_params
+        self.batch_ops = list(batch_ops or [])
+
+        n = len(self.reader)
+        self.indices = np.arange(n, dtype=np.int64) if indices is None else \
+            np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= n):
+            raise IndexError(f"indices must be in [0, {n})")
+        self.rank, self.world_size = 0, 1
+        if distributed:
+            if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+                raise RuntimeError("distributed=True needs torch.distributed to be initialised")
+            self.rank = torch.distributed.get_rank()
+            self.world_size = torch.distributed.get_world_size()
+        self._pages = self._page_of_samples()[self.indices]
+
+        self.pipelines = self._build_pipelines(pipelines or {})
+        self.ring_size = self.batches_ahead + 2
+        for p in self.pipelines:
+            for op in p.ops:
+                op.setup(self.ring_size)
+        for op in self.batch_ops:
+            if hasattr(op, "setup"):
+                op.setup(self.ring_size)
+        self._needs_cuda = any(isinstance(op, ToDevice) and op.device.type == "cuda"
+                               for p in self.pipelines for op in p.ops)
+        self._slots: Optional[_Slots] = None
+        self._next_epoch = 0      # what a plain iter() starts, like FFCV: one epoch per iter()
+        self._resume: Optional[tuple[int, int]] = None   # (epoch, batch) from load_state_dict
+        self._epoch: Optional[int] = None   # epoch being iterated, None before the first
+        self._batch = 0           # batches of it already taken by the training loop
+        self._active: Optional[weakref.ref] = None
+
+    # -- construction --------------------------------------------------------------------------
+    def _page_of_samples(self) -> np.ndarray:
+        """Page of each sample's first payload, for quasi-random order (0 without payloads)."""
+        for name in self.reader.field_names:
+            ptrs = self.reader.payload_ptrs(name)
+            if ptrs is not None:
+                return (ptrs // np.uint64(self.reader.page_size)).astype(np.int64)
+        return np.zeros(len(self.reader), dtype=np.int64)
+
+    def _build_pipelines(self, spec: Mapping[str, Optional[Sequence[Any]]]) -> list[_Pipeline]:
+        unknown = set(spec) - set(self.reader.fields)
+        if unknown:
+            raise ValueError(f"pipelines name fields not in {self.path}: {sorted(unknown)} "
+                             f"(fields: {self.reader.field_names})")
+        names = list(spec) + [n for n in self.reader.field_names if n not in spec]
+        pipelines = []
+        for name in names:
+            steps = spec.get(name, "default")
+            if steps is None:
+                continue
+            field_index = self.reader.field_names.index(name)
+            if steps == "default":
+                steps = [default_decoder(self.reader.fields[name]), ToTensor()]
+            steps = list(steps)
+            if not steps or not isinstance(steps[0], Decoder):
+                steps.insert(0, default_decoder(self.reader.fields[name]))
+            decoder, ops = steps[0], steps[1:]
+            ops = decoder.absorb(ops) if isinstance(decoder, ImageDecoder) else ops
+            for op in ops:
+                if not isinstance(op, BatchOp):
+                    raise TypeError(f"pipeline {name!r}: {op!r} is not a batch op; only its first "
+                                    f"step may be a decoder")
+            if not ops or not isinstance(ops[0], ToTensor):
+                ops.insert(0, ToTensor())
+            decoder.bind(self.reader, name, field_index)
+            decoder.batch_size = self.batch_size
+            pipelines.append(_Pipeline(name, decoder, ops))
+        if not pipelines:
+            raise ValueError("every field's pipeline is None: nothing to load")
+        return pipelines
+
+    # -- orders and length ---------------------------------------------------------------------
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """The sample indices this rank visits in ``epoch``, in order."""
+        order = epoch_order(self.order, self.indices, self.seed, epoch, self._pages)
+        return shard(order, self.rank, self.world_size, self.drop_last)
+
+    def _num_samples_per_rank(self) -> int:
+        n = len(self.indices)
+        if self.world_size == 1:
+            return n
+        return n // self.world_size if self.drop_last else -(-n // self.world_size)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        n = self._num_samples_per_rank()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    # -- iteration and resume ------------------------------------------------------------------
+    def __iter__(self) -> "EpochIterator":
+        self._stop_active()       # the ring is shared: one live epoch at a time
+        if self._resume is not None:
+            (epoch, batch), self._resume = self._resume, None
+        else:
+            epoch, batch = self._next_epoch, 0
+        self._next_epoch = epoch + 1
+        self._epoch, self._batch = epoch, batch
+        if self._slots is None:
+            pin = self._needs_cuda and torch.cuda.is_available()
+            self._slots = _Slots(self.pipelines, self.batch_size, self.ring_size, pin)
+        iterator = EpochIterator(self, epoch, batch)
+        self._active = weakref.ref(iterator)
+        return iterator
+
+    def _stop_active(self) -> None:
+        previous = self._active() if self._active else None
+        if previous is not None:
+            previous.close()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch being iterated, or the next one before the first iteration."""
+        return self._next_epoch if self._epoch is None else self._epoch
+
+    def state_dict(self) -> dict:
+        """Where the training loop stands: enough to resume bit for bit with load_state_dict.
+
+        (epoch, batch) is the next batch a resumed loader yields."""
+        if self._resume is not None:
+            epoch, batch = self._resume
+        elif self._epoch is None:
+            epoch, batch = self._next_epoch, 0
+        elif self._batch >= len(self):
+            epoch, batch = self._epoch + 1, 0
+        else:
+            epoch, batch = self._epoch, self._batch
+        return {"epoch": epoch, "batch": batch, "seed": self.seed, "order": self.order.value,
+                "num_samples": len(self.indices), "batch_size": self.batch_size,
+                "world_size": self.world_size, "rank": self.rank}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Make the next iteration continue at ``state``'s epoch and batch."""
+        mine = self.state_dict()
+        for key in ("seed", "order", "num_samples", "batch_size", "world_size"):
+            if key in state and state[key] != mine[key]:
+                raise ValueError(f"state was saved with {key}={state[key]!r}, this loader has "
+                                 f"{mine[key]!r}: resuming would not replay the same batches")
+        if not 0 <= int(state["batch"]) <= len(self):
+            raise ValueError(f"state batch {state['batch']} is outside [0, {len(self)}]")
+        self._stop_active()
+        self._resume = (int(state["epoch"]), int(state["batch"]))
+
+    def close(self) -> None:
+        """Stop the running epoch, if any, and release the file."""
+        self._stop_active()
+        self.reader.close()
+
+    def __enter__(self) -> "Loader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+_DONE = object()
+
+
+class _WorkerPool:
+    """Threads that run decoders' per-sample work; each keeps its own scratch state."""
+
+    def __init__(self, count: int, pipelines: list[_Pipeline]):
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.pipelines = pipelines
+        self.threads = [threading.Thread(target=self._run, name=f"fastdata-worker-{i}",
+                                         daemon=True) for i in range(count)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self) -> None:
+        states: dict[int, Any] = {}
+        while True:
+            task = self.tasks.get()
+            if task is _DONE:
+                for k, state in states.items():
+                    self.pipelines[k].decoder.release_worker_state(state)
+                return
+            job, k, ctx, start, stop, out = task
+            decoder = self.pipelines[k].decoder
+            try:
+                if k not in states:
+                    states[k] = decoder.make_worker_state()
+                decoder.decode_range(ctx, start, stop, out, states[k])
+            except SampleError as err:
+                job.fail(err)
+            except Exception as err:   # a decoder bug or a bad sample: report, keep the thread
+                job.fail(SampleError(int(ctx.indices[start]), decoder.name,
+                                     f"{type(err).__name__}: {err}"))
+            finally:
+                job.done_one()
+
+    def close(self) -> None:
+        for _ in self.threads:
+            self.tasks.put(_DONE)
+        for t in self.threads:
+            t.join()
+
+
+class _Job:
+    """Completion count of one batch's tasks, and its first error."""
+
+    def __init__(self, count: int):
+        self.remaining = count
+        self.error: Optional[BaseException] = None
+        self.cond = threading.Condition()
+
+    def done_one(self) -> None:
+        with self.cond:
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.cond.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = error
+
+    def wait(self) -> None:
+        with self.cond:
+            while self.remaining:
+                self.cond.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class _Producer:
+    """The state the producer thread shares with its EpochIterator (never the iterator itself,
+    so that dropping the iterator stops the thread)."""
+
+    def __init__(self, loader: Loader, epoch: int, batches: list[np.ndarray], first_batch: int):
+        self.loader, self.epoch, self.batches, self.first_batch = loader, epoch, batches, first_batch
+        self.out: queue.Queue = queue.Queue(maxsize=loader.batches_ahead)
+        self.stop = threading.Event()
+        self.pool = _WorkerPool(loader.num_workers, loader.pipelines)
+        self.stream = torch.cuda.Stream() if loader._needs_cuda and torch.cuda.is_available() \
+            else None
+        self.events: dict[int, Any] = {}   # slot -> CUDA event: its last batch's copy is done
+        self.thread = threading.Thread(target=self._run, name="fastdata-producer", daemon=True)
+        self.thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for b, indices in enumerate(self.batches):
+                if self.stop.is_set():
+                    return
+                batch = self._make_batch(self.first_batch + b, indices)
+                if not self._put(batch):
+                    return
+            self._put(_DONE)
+        except BaseException as err:
+            self._put(err)
+        finally:
+            self.pool.close()
+
+    def _make_batch(self, batch_number: int, indices: np.ndarray) -> tuple:
+        loader = self.loader
+        slot = batch_number % loader.ring_size
+        ctx = BatchContext(indices=indices, epoch=self.epoch, seed=loader.seed, slot=slot)
+        if self.stream is not None:
+            # The slot's previous batch may still be copying to the device.
+            event = self.events.get(slot)
+            if event is not None:
+                event.synchronize()
+        outs = [loader._slots.buffers[k][slot] for k in range(len(loader.pipelines))]
+        n = len(indices)
+        tasks = []
+        for k, p in enumerate(loader.pipelines):
+            p.decoder.prepare(ctx, outs[k])
+            if p.decoder.parallel:
+                tasks += [(k, s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
+        if tasks:
+            job = _Job(len(tasks))
+            for k, start, stop in tasks:
+                self.pool.tasks.put((job, k, ctx, start, stop, outs[k]))
+            job.wait()
+        results = []
+        with (torch.cuda.stream(self.stream) if self.stream is not None else _null()):
+            for k, p in enumerate(loader.pipelines):
+                value = outs[k][:n]
+                for op in p.ops:
+                    value = op(value, ctx)
+                results.append(value)
+            for op in loader.batch_ops:
+                results = list(op(tuple(results), ctx))
+            if loader.return_params:
+                for p in loader.pipelines:
+                    if isinstance(p.decoder, ImageDecoder):
+                        results.append(torch.from_numpy(p.decoder.params_record(ctx)))
+            ready = None
+            if self.stream is not None:
+                ready = torch.cuda.Event()
+                ready.record(self.stream)
+                self.events[slot] = ready
+        return batch_number, tuple(results), ready
+
+    def close(self) -> None:
+        self.stop.set()
+        try:
+            while True:
+                self.out.get_nowait()
+        except queue.Empty:
+            pass
+        self.thread.join()
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class EpochIterator:
+    """One pass over an epoch's batches.  Closing it (or dropping it) stops its threads."""
+
+    def __init__(self, loader: Loader, epoch: int, first_batch: int):
+        self.loader = loader
+        order = loader.epoch_indices(epoch)
+        size = loader.batch_size
+        stop = len(loader) * size
+        batches = [order[s:min(s + size, stop if loader.drop_last else len(order))]
+                   for s in range(first_batch * size, len(order) if not loader.drop_last
+                                  else stop, size)]
+        self._producer: Optional[_Producer] = _Producer(loader, epoch, batches, first_batch)
+        self._finalizer = weakref.finalize(self, _Producer.close, self._producer)
+
+    def __iter__(self) -> "EpochIterator":
+        return self
+
+    def __next__(self) -> tuple:
+        producer = self._producer
+        if producer is None:
+            raise StopIteration
+        try:
+            item = producer.out.get()
+        except BaseException:
+            self.close()
+            raise
+        if item is _DONE:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        batch_number, results, ready = item
+        if ready is not None:
+            stream = torch.cuda.current_stream()
+            stream.wait_event(ready)
+            for t in results:
+                if isinstance(t, torch.Tensor) and t.is_cuda:
+                    t.record_stream(stream)
+        self.loader._batch = batch_number + 1
+        return results
+
+    def close(self) -> None:
+        """Stop the producer and worker threads now (idempotent)."""
+        if self._producer is not None:
+            self._finalizer()
+            self._producer = None

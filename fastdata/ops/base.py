@@ -1,0 +1,91 @@
+"""The two kinds of pipeline step, and what they see of a batch.
+
+A field's pipeline is ``[decoder, *batch_ops]``:
+
+- the **decoder** turns the stored values of a batch into one array slot of a fixed ring buffer.
+  Image decoders do their per-sample work (decode, crop, resize, flip) in the loader's worker
+  threads, in Numba kernels that hold no GIL; the others gather in one vectorised call.
+- **batch ops** then run on the whole batch as torch tensors (to tensor, to device, layout,
+  normalisation, mixing), in the loader's producer thread, ahead of the training loop.
+
+Every random decision is drawn from the counter-based RNG keyed by (seed, epoch, sample index,
+op) and kept in the batch's ``params``, where later ops read it (the crop box a label map is pooled
+over, the flip bit that mirrors it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class BatchContext:
+    """What ops may read about the batch being built.
+
+    indices: int64[B] sample indices (file record numbers); epoch and seed: the RNG key parts;
+    params: per-field records of the random decisions drawn for this batch (e.g. crop boxes);
+    slot: which ring-buffer slot the batch occupies (ops keep per-slot output buffers)."""
+    indices: np.ndarray
+    epoch: int
+    seed: int
+    slot: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Operation:
+    """Base of all pipeline steps."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class Decoder(Operation):
+    """First step of a field's pipeline: stored values -> a numpy batch in a ring slot."""
+
+    #: True for decoders whose per-sample work runs in the worker threads (decode_range).
+    parallel = False
+
+    def bind(self, reader, name: str, field_index: int) -> None:
+        """Attach to field ``name`` of an open Reader; raise TypeError for a wrong field type."""
+        self.reader, self.name, self.field_index = reader, name, field_index
+        self.column = reader.metadata[f"f{field_index}"]
+
+    def sample_shape(self, batch_size: int) -> tuple[tuple[int, ...], Any]:
+        """(per-sample shape, numpy dtype) of the decoded values; None shape for lists."""
+        raise NotImplementedError
+
+    def prepare(self, ctx: BatchContext, out: np.ndarray) -> None:
+        """Per-batch work before the parallel part (draw parameters, gather metadata)."""
+
+    def decode_range(self, ctx: BatchContext, start: int, stop: int, out: np.ndarray,
+                     worker: Any) -> None:
+        """Decode samples ctx.indices[start:stop] into out[start:stop] (worker threads)."""
+        raise NotImplementedError
+
+    def make_worker_state(self) -> Any:
+        """Per-thread scratch (buffers, codec handles), made once per worker thread."""
+        return None
+
+    def release_worker_state(self, state: Any) -> None:
+        """Free what make_worker_state made (the worker thread is ending)."""
+
+
+class BatchOp(Operation):
+    """A step on the whole batch (torch tensors), after the decoder."""
+
+    def setup(self, ring_size: int) -> None:
+        """Called once with the number of ring slots (to preallocate per-slot outputs)."""
+
+    def __call__(self, batch: Any, ctx: BatchContext) -> Any:
+        raise NotImplementedError
+
+
+def check_range(name: str, pair: tuple[float, float], low: float = 0.0) -> tuple[float, float]:
+    lo, hi = float(pair[0]), float(pair[1])
+    if not low <= lo <= hi:
+        raise ValueError(f"{name} must be an increasing pair >= {low}, got {pair}")
+    return lo, hi
+

@@ -1,0 +1,251 @@
+"""Image decoders: crop box and flip drawn first, then decode only what the crop needs, resize
+with an anti-aliased filter, and flip while writing.
+
+Per sample, in a Numba kernel holding no GIL (fastdata.ops.image_kernel):
+
+1. the box (top, left, height, width) in stored pixels comes from the counter-based RNG
+   (RandomResizedCrop) or from the image size (CenterCrop, full image);
+2. a JPEG is decoded at the smallest DCT scale (1/8, 1/4, 1/2, 1) whose result still has at least
+   the output's size, and only over the rows and columns of the box (libjpeg-turbo 3's region
+   decoding); a raw image is read in place from the file;
+3. the box is resized to the output size with torchvision's anti-aliased bilinear filter
+   (``antialias=True``), mirrored when the flip bit is set.
+
+Boxes and flip bits stay in the batch's params, where later ops (label pooling) read them, and
+``params_record`` reports them in stored and in original-image pixels.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .. import jpeg, libturbojpeg
+from ..fields import RGBImageField
+from ..fields.rgb_image import MODE_JPG
+from ..reader import SampleError
+from ..rng import OP_FLIP, draws
+from .base import BatchContext, BatchOp, Decoder, check_range
+from .crop_params import center_crop_box, random_resized_crop_boxes
+from .image_kernel import (STATUS_ERROR, STATUS_MISMATCH, STATUS_NEEDS_PYTHON, decode_range,
+                           resize_decoded)
+from .resample import scratch_size
+
+DEFAULT_CROP_RATIO = 224 / 256
+
+
+class RandomHorizontalFlip(BatchOp):
+    """Mirror each image left-right with probability ``p``.  Directly after an image decoder it
+    is folded into the decoder (the resize writes mirrored rows, no extra pass); elsewhere it
+    flips the batch tensor.  Either way the bit comes from the counter-based RNG, so the two
+    placements flip the same samples."""
+
+    def __init__(self, p: float = 0.5):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"flip probability must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def __call__(self, batch: Any, ctx: BatchContext) -> Any:
+        import torch
+        flips = torch.from_numpy(draws(ctx.seed, ctx.epoch, ctx.indices, OP_FLIP, 0) < self.p)
+        if batch.dim() != 4:
+            raise ValueError(f"RandomHorizontalFlip needs an image batch, got {tuple(batch.shape)}")
+        width_dim = 3 if batch.shape[1] in (1, 3) and batch.shape[3] not in (1, 3) else 2
+        flips = flips.to(batch.device).view(-1, 1, 1, 1)
+        return torch.where(flips, batch.flip(width_dim), batch)
+
+
+class ImageDecoder(Decoder):
+    """Base of the image decoders: output ``output_size`` (height, width) uint8 RGB."""
+
+    parallel = True
+
+    def __init__(self, output_size: Optional[Sequence[int]] = None):
+        self.output_size = None if output_size is None else _pair(output_size)
+        self.flip_p = 0.0
+
+    def absorb(self, ops: list) -> list:
+        """Fold a RandomHorizontalFlip that directly follows into the decoding kernel."""
+        if ops and isinstance(ops[0], RandomHorizontalFlip):
+            self.flip_p = ops[0].p
+            return ops[1:]
+        return ops
+
+    def bind(self, reader, name: str, field_index: int) -> None:
+        if not isinstance(reader.fields[name], RGBImageField):
+            raise TypeError(f"{type(self).__name__} cannot decode field {name!r} of type "
+                            f"{type(reader.fields[name]).__name__}")
+        super().bind(reader, name, field_index)
+        column = self.column
+        self.modes = np.ascontiguousarray(column["mode"]).astype(np.uint8)
+        self.widths = np.ascontiguousarray(column["width"]).astype(np.int64)
+        self.heights = np.ascontiguousarray(column["height"]).astype(np.int64)
+        self.ptrs = reader.payload_ptrs(name).astype(np.int64)
+        self.sizes = reader.payload_sizes(name).astype(np.int64)
+        table = reader.side_table(name)
+        self.orig_widths = self.widths if table is None else table["width"].astype(np.int64)
+        self.orig_heights = self.heights if table is None else table["height"].astype(np.int64)
+        jpg = self.modes == MODE_JPG
+        self.max_jpeg_pixels = int((self.widths * self.heights)[jpg].max(initial=0))
+        self.max_height = int(self.heights.max(initial=1))
+        self.max_width = int(self.widths.max(initial=1))
+
+    def sample_shape(self, batch_size: int):
+        return (*self.output_size, 3), np.uint8
+
+    def boxes(self, ctx: BatchContext, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        """int64[n, 4] boxes (top, left, height, width) in stored pixels."""
+        raise NotImplementedError
+
+    def prepare(self, ctx: BatchContext, out: np.ndarray) -> None:
+        idx = ctx.indices
+        boxes = self.boxes(ctx, self.heights[idx], self.widths[idx])
+        flips = (draws(ctx.seed, ctx.epoch, idx, OP_FLIP, 0) < self.flip_p).astype(np.uint8) \
+            if self.flip_p > 0 else np.zeros(len(idx), dtype=np.uint8)
+        ctx.params[self.name] = {"boxes": boxes, "flips": flips}
+
+    def make_worker_state(self) -> dict:
+        out_h, out_w = self.output_size
+        state = {
+            "region": np.empty(max(self.max_jpeg_pixels * 3, 3), dtype=np.uint8),
+            "scratch": np.empty(scratch_size(out_h, out_w, self.max_height, self.max_width),
+                                dtype=np.float32),
+            "handle": libturbojpeg.new_handle() if libturbojpeg.AVAILABLE else 0,
+            "status": np.zeros(self.batch_size, dtype=np.int64),
+        }
+        return state
+
+    def release_worker_state(self, state: dict) -> None:
+        if state["handle"]:
+            libturbojpeg.free_handle(state["handle"])
+            state["handle"] = 0
+
+    def decode_range(self, ctx: BatchContext, start: int, stop: int, out: np.ndarray,
+                     worker: dict) -> None:
+        params = ctx.params[self.name]
+        status = worker["status"]
+        decode_range(self.reader.data, self.modes, self.ptrs, self.sizes, self.widths,
+                     self.heights, ctx.indices, params["boxes"], params["flips"], start, stop,
+                     out, worker["region"], worker["scratch"], worker["handle"],
+                     libturbojpeg.AVAILABLE, status)
+        for k in range(start, stop):
+            if status[k] == STATUS_NEEDS_PYTHON:
+                self._decode_in_python(ctx, k, out, worker)
+            elif status[k] in (STATUS_ERROR, STATUS_MISMATCH):
+                index = int(ctx.indices[k])
+                reason = (libturbojpeg.error_string(worker["handle"]) if status[k] == STATUS_ERROR
+                          else "stored JPEG's size differs from its record")
+                raise SampleError(index, self.name, f"cannot decode JPEG: {reason}")
+
+    def _decode_in_python(self, ctx: BatchContext, k: int, out: np.ndarray, worker: dict) -> None:
+        """Fallback without libturbojpeg 3: simplejpeg (GIL released) at the DCT scale, full
+        image, then the same resize kernel."""
+        index = int(ctx.indices[k])
+        ptr, size = int(self.ptrs[index]), int(self.sizes[index])
+        box = ctx.params[self.name]["boxes"][k]
+        out_h, out_w = self.output_size
+        denom = _dct_denominator(int(box[2]), int(box[3]), out_h, out_w)
+        try:
+            rgb = jpeg.simplejpeg.decode_jpeg(
+                self.reader.data[ptr:ptr + size], colorspace="RGB",
+                min_height=-(-int(self.heights[index]) // denom),
+                min_width=-(-int(self.widths[index]) // denom))
+        except (ValueError, RuntimeError) as err:
+            raise SampleError(index, self.name, f"cannot decode JPEG: {err}") from None
+        scale_y = rgb.shape[0] / self.heights[index]
+        scale_x = rgb.shape[1] / self.widths[index]
+        resize_decoded(rgb, box[0] * scale_y, box[1] * scale_x, box[2] * scale_y,
+                       box[3] * scale_x, out[k], bool(ctx.params[self.name]["flips"][k]),
+                       worker["scratch"])
+
+    def params_record(self, ctx: BatchContext) -> np.ndarray:
+        """float64[n, 9]: box (top, left, height, width) in stored pixels, the same box in
+        original-image pixels (before max_resolution), flip bit."""
+        idx = ctx.indices
+        params = ctx.params[self.name]
+        boxes = params["boxes"].astype(np.float64)
+        sy = self.orig_heights[idx] / self.heights[idx]
+        sx = self.orig_widths[idx] / self.widths[idx]
+        scale = np.stack([sy, sx, sy, sx], axis=1)
+        return np.concatenate([boxes, boxes * scale, params["flips"][:, None]], axis=1)
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        size = (size, size)
+    h, w = (int(s) for s in size)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"output size must be positive, got {size}")
+    return h, w
+
+
+def _dct_denominator(box_h: int, box_w: int, out_h: int, out_w: int) -> int:
+    for denom in (8, 4, 2):
+        if box_h // denom >= out_h and box_w // denom >= out_w:
+            return denom
+    return 1
+
+
+class SimpleRGBImageDecoder(ImageDecoder):
+    """Whole images, unresized: every image of the file must have the same size (as FFCV)."""
+
+    def __init__(self):
+        super().__init__(None)
+
+    def bind(self, reader, name, field_index):
+        super().bind(reader, name, field_index)
+        if len(self.heights) and (np.any(self.heights != self.heights[0])
+                                  or np.any(self.widths != self.widths[0])):
+            raise TypeError(f"SimpleRGBImageDecoder needs images of one size; field {name!r} "
+                            f"has several: use RandomResizedCrop or CenterCrop")
+        self.output_size = (int(self.heights[0]), int(self.widths[0])) if len(self.heights) \
+            else (1, 1)
+
+    def boxes(self, ctx, heights, widths):
+        n = len(heights)
+        return np.stack([np.zeros(n, np.int64), np.zeros(n, np.int64), heights, widths], axis=1)
+
+
+class RandomResizedCrop(ImageDecoder):
+    """torchvision's RandomResizedCrop(size, scale, ratio) with antialias=True: a box of area
+    ~U(scale) of the image and log aspect ratio ~U(log ratio) (ten tries, then the central
+    fallback), resized to ``output_size`` (int or (height, width))."""
+
+    def __init__(self, output_size: Any, scale: Sequence[float] = (0.08, 1.0),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3)):
+        super().__init__(output_size)
+        self.scale = check_range("scale", scale)
+        self.ratio = check_range("ratio", ratio)
+        if self.ratio[0] <= 0:
+            raise ValueError(f"ratio must be positive, got {ratio}")
+
+    def boxes(self, ctx, heights, widths):
+        out = np.empty((len(heights), 4), dtype=np.int64)
+        random_resized_crop_boxes(ctx.seed, ctx.epoch, ctx.indices, heights, widths,
+                                  self.scale[0], self.scale[1], math.log(self.ratio[0]),
+                                  math.log(self.ratio[1]), out)
+        return out
+
+
+class CenterCrop(ImageDecoder):
+    """FFCV's CenterCropRGBImageDecoder: the centred square of side ``ratio`` x the shorter
+    side, resized to ``output_size`` (ratio 224/256 is torchvision's Resize(256) +
+    CenterCrop(224))."""
+
+    def __init__(self, output_size: Any, ratio: float = DEFAULT_CROP_RATIO):
+        super().__init__(output_size)
+        if not 0 < ratio <= 1:
+            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+        self.ratio = float(ratio)
+
+    def boxes(self, ctx, heights, widths):
+        return np.array([center_crop_box(int(h), int(w), self.ratio)
+                         for h, w in zip(heights, widths)], dtype=np.int64).reshape(-1, 4)
+
+
+# FFCV's names, so that switching is a change of imports.
+RandomResizedCropRGBImageDecoder = RandomResizedCrop
+CenterCropRGBImageDecoder = CenterCrop
+__all__ = ["ImageDecoder", "SimpleRGBImageDecoder", "RandomResizedCrop", "CenterCrop",
+           "RandomHorizontalFlip", "RandomResizedCropRGBImageDecoder", "CenterCropRGBImageDecoder"]

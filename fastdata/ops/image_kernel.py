@@ -1,0 +1,92 @@
+"""The per-sample image kernel: decode the box's region at the right DCT scale, resize, flip.
+
+Runs in the loader's worker threads with no GIL.  Every pointer, size and image dimension it is
+given was validated by the Reader when the file was opened; the JPEG's own header is checked
+against the record before anything is decoded.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..libturbojpeg import MCU_WIDTH, decode_region, read_header, scaled
+from .resample import resize_crop_into
+
+STATUS_OK = 0
+STATUS_WARNING = 1          # libjpeg decoded corrupt data as best it could (accepted, as FFCV)
+STATUS_ERROR = -1
+STATUS_MISMATCH = -2        # the JPEG's size is not the one its record says
+STATUS_NEEDS_PYTHON = -3    # JPEG, but no libturbojpeg 3 here: decoded by the Python fallback
+
+MODE_JPG = 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _denominator(box_h: int, box_w: int, out_h: int, out_w: int) -> int:
+    """The largest DCT scale-down (8, 4, 2 or 1) that still leaves the box >= the output."""
+    for denom in (8, 4, 2):
+        if box_h // denom >= out_h and box_w // denom >= out_w:
+            return denom
+    return 1
+
+
+@njit(cache=True, nogil=True)
+def resize_decoded(image: np.ndarray, top: float, left: float, height: float, width: float,
+                   dst: np.ndarray, flip: bool, scratch: np.ndarray) -> None:
+    """Resize the box of an already decoded H x W x 3 image into dst."""
+    resize_crop_into(image, top, left, height, width, dst, flip, scratch)
+
+
+@njit(cache=True, nogil=True)
+def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: np.ndarray,
+                 widths: np.ndarray, heights: np.ndarray, indices: np.ndarray, boxes: np.ndarray,
+                 flips: np.ndarray, start: int, stop: int, out: np.ndarray, region: np.ndarray,
+                 scratch: np.ndarray, handle: int, use_turbo: bool, status: np.ndarray) -> None:
+    """Decode samples indices[start:stop] into out[start:stop]; status[k] says how it went.
+
+    boxes[k] = (top, left, height, width) in stored pixels; flips[k] mirrors the output."""
+    out_h, out_w = out.shape[1], out.shape[2]
+    info = np.zeros(3, dtype=np.int32)
+    for k in range(start, stop):
+        index = indices[k]
+        ptr, size = ptrs[index], sizes[index]
+        height, width = heights[index], widths[index]
+        top, left, box_h, box_w = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+        flip = flips[k] != 0
+        status[k] = STATUS_OK
+        if modes[index] != MODE_JPG:
+            image = data[ptr:ptr + size].reshape((height, width, 3))
+            resize_crop_into(image, float(top), float(left), float(box_h), float(box_w),
+                             out[k], flip, scratch)
+            continue
+        if not use_turbo:
+            status[k] = STATUS_NEEDS_PYTHON
+            continue
+        src = data[ptr:ptr + size]
+        if read_header(handle, src, info) != 0:
+            status[k] = STATUS_ERROR
+            continue
+        if info[0] != width or info[1] != height:
+            status[k] = STATUS_MISMATCH
+            continue
+        denom = _denominator(box_h, box_w, out_h, out_w)
+        full_w, full_h = scaled(width, denom), scaled(height, denom)
+        # The box in scaled pixels, widened to whole pixels; the left edge moves down to an
+        # iMCU boundary, as region decoding requires (unknown subsampling: whole rows).
+        y0 = top // denom
+        y1 = min(-(-(top + box_h) // denom), full_h)
+        x1 = min(-(-(left + box_w) // denom), full_w)
+        if info[2] >= 0 and info[2] < len(MCU_WIDTH):
+            mcu = max(MCU_WIDTH[info[2]] // denom, 1)
+            x0 = (left // denom) // mcu * mcu
+        else:
+            x0, x1 = 0, full_w
+        region_h, region_w = y1 - y0, x1 - x0
+        pixels = region[:region_h * region_w * 3].reshape((region_h, region_w, 3))
+        result = decode_region(handle, src, denom, x0, y0, region_w, region_h, pixels)
+        if result < 0:
+            status[k] = STATUS_ERROR
+            continue
+        status[k] = result
+        resize_crop_into(pixels, top / denom - y0, left / denom - x0, box_h / denom,
+                         box_w / denom, out[k], flip, scratch)

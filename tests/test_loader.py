@@ -1,0 +1,407 @@
+"""The Loader: API shape, orders, determinism, resume, augmentation parameters and quality,
+thread hygiene, memory, and decode errors."""
+import gc
+import math
+import os
+import random
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastdata  # noqa: E402
+from fastdata import DatasetWriter, IntField, Loader, RGBImageField  # noqa: E402
+from fastdata.demo import synthetic_photo  # noqa: E402
+from fastdata.ops import (CenterCrop, IntDecoder, Normalize, RandomHorizontalFlip,  # noqa: E402
+                          RandomResizedCrop, SimpleRGBImageDecoder, Squeeze, ToTensor,
+                          ToTorchImage)
+from fastdata.ops.resample import resize_crop_reference  # noqa: E402
+from fastdata.rng import OP_CROP, make_key, uniform  # noqa: E402
+
+N = 96
+
+
+def _images(n, seed=0, max_side=160):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        h, w = int(rng.integers(40, max_side)), int(rng.integers(40, max_side))
+        out.append(synthetic_photo(np.random.default_rng((seed, i)), h, w))
+    return out
+
+
+@pytest.fixture(scope="module")
+def images():
+    return _images(N)
+
+
+@pytest.fixture(scope="module")
+def beton(tmp_path_factory, images):
+    """Proportion mode: a mix of JPEG and raw records; label = sample index."""
+    path = str(tmp_path_factory.mktemp("loader") / "mixed.beton")
+    fields = {"image": RGBImageField(write_mode="proportion", jpeg_quality=92),
+              "label": IntField()}
+    DatasetWriter(path, fields, page_size=1 << 21, num_workers=2, progress=False) \
+        .from_indexed_dataset([(img, i) for i, img in enumerate(images)])
+    return path
+
+
+def train_loader(path, **kwargs):
+    kwargs.setdefault("batch_size", 16)
+    kwargs.setdefault("num_workers", 2)
+    kwargs.setdefault("order", "random")
+    pipelines = kwargs.pop("pipelines", None) or {
+        "image": [RandomResizedCrop(48), RandomHorizontalFlip(), ToTensor(), ToTorchImage()],
+        "label": [IntDecoder(), ToTensor(), Squeeze()]}
+    return Loader(path, pipelines=pipelines, **kwargs)
+
+
+def epoch_batches(loader):
+    return [tuple(t.clone() for t in batch) for batch in loader]
+
+
+# -- API shape ----------------------------------------------------------------------------------
+
+def test_batches_are_tensors_in_pipeline_order(beton):
+    loader = Loader(beton, batch_size=16, num_workers=2, pipelines={
+        "label": [IntDecoder(), ToTensor(), Squeeze()],
+        "image": [RandomResizedCrop(32), ToTensor(), ToTorchImage(), Normalize()]})
+    assert len(loader) == N // 16
+    batches = epoch_batches(loader)      # clone: a batch's tensors share a reused ring slot
+    assert len(batches) == len(loader)
+    labels, images = batches[0]
+    assert labels.dtype == torch.int64 and labels.shape == (16,)
+    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert labels.tolist() == list(range(16))          # sequential order by default
+
+
+def test_default_pipelines_and_dropped_fields(tmp_path):
+    path = str(tmp_path / "same.beton")
+    imgs = [np.full((8, 10, 3), i, np.uint8) for i in range(10)]
+    DatasetWriter(path, {"image": RGBImageField(), "label": IntField()}, page_size=1 << 21,
+                  progress=False).from_indexed_dataset([(im, i) for i, im in enumerate(imgs)])
+    images, labels = next(iter(Loader(path, batch_size=4)))
+    assert images.shape == (4, 8, 10, 3) and images.dtype == torch.uint8
+    assert labels.shape == (4, 1) and labels[:, 0].tolist() == [0, 1, 2, 3]
+    assert torch.equal(images[2], torch.full((8, 10, 3), 2, dtype=torch.uint8))
+    (only,) = next(iter(Loader(path, batch_size=4, pipelines={"image": None})))
+    assert only.shape == (4, 1)
+    with pytest.raises(ValueError, match="not in"):
+        Loader(path, batch_size=4, pipelines={"nope": None})
+
+
+def test_drop_last_and_partial_batch(beton):
+    loader = train_loader(beton, batch_size=40, drop_last=False)
+    sizes = [len(b[1]) for b in loader]
+    assert sizes == [40, 40, 16] and len(loader) == 3
+    assert sorted(torch.cat([b[1] for b in epoch_batches(loader)]).tolist()) == list(range(N))
+    loader = train_loader(beton, batch_size=40, drop_last=True)
+    assert [len(b[1]) for b in loader] == [40, 40] and len(loader) == 2
+
+
+# -- orders ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("order", ["sequential", "random", "quasi_random"])
+def test_each_epoch_visits_every_sample_once(beton, order):
+    loader = train_loader(beton, order=order, batch_size=8, seed=1)
+    seen = [torch.cat([b[1] for b in epoch_batches(loader)]).tolist() for _ in range(3)]
+    for epoch in seen:
+        assert sorted(epoch) == list(range(N))
+    if order == "sequential":
+        assert seen[0] == list(range(N))
+    else:
+        assert seen[0] != seen[1] != seen[2]     # reshuffled every epoch
+
+
+def test_quasi_random_reads_few_pages_at_a_time(tmp_path):
+    # 600 samples of ~20 KB on 2 MiB pages: ~6 pages; the first 100 samples of an epoch come
+    # from a bounded window of pages, not from all of them at random.
+    path = str(tmp_path / "pages.beton")
+    DatasetWriter(path, {"blob": fastdata.BytesField(), "label": IntField()}, page_size=1 << 21,
+                  progress=False).from_indexed_dataset(
+        [(bytes(20000), i) for i in range(600)])
+    loader = Loader(path, batch_size=100, order="quasi_random", seed=0,
+                    pipelines={"blob": None, "label": [IntDecoder(), ToTensor(), Squeeze()]})
+    reader = fastdata.Reader(path)
+    page = (reader.payload_ptrs("blob") // np.uint64(1 << 21)).astype(int)
+    first = next(iter(loader))[0].numpy()
+    assert len(set(page[first])) <= 6
+    assert sorted(torch.cat([b[0] for b in epoch_batches(loader)]).tolist()) == list(range(600))
+
+
+# -- determinism and resume ---------------------------------------------------------------------
+
+def test_same_seed_same_batches_whatever_the_threads(beton):
+    reference = epoch_batches(train_loader(beton, seed=5, num_workers=1, batches_ahead=1))
+    for workers, ahead in ((2, 3), (3, 2)):
+        again = epoch_batches(train_loader(beton, seed=5, num_workers=workers,
+                                           batches_ahead=ahead))
+        assert all(torch.equal(a, b) for x, y in zip(reference, again) for a, b in zip(x, y))
+    other = epoch_batches(train_loader(beton, seed=6))
+    assert not torch.equal(reference[0][0], other[0][0])
+
+
+def test_resume_mid_epoch_is_exact(beton):
+    loader = train_loader(beton, seed=2)
+    uninterrupted = epoch_batches(loader) + epoch_batches(loader)   # epochs 0 and 1
+
+    first = train_loader(beton, seed=2)
+    list(first)                                  # epoch 0
+    it = iter(first)                             # epoch 1
+    taken = [next(it) for _ in range(2)]
+    state = first.state_dict()
+    assert (state["epoch"], state["batch"]) == (1, 2)
+    del it, taken
+
+    resumed = train_loader(beton, seed=2)
+    resumed.load_state_dict(state)
+    rest = epoch_batches(resumed)
+    expected = uninterrupted[len(loader) + 2:]
+    assert len(rest) == len(expected)
+    assert all(torch.equal(a, b) for x, y in zip(expected, rest) for a, b in zip(x, y))
+    assert resumed.state_dict()["epoch"] == 2 and resumed.state_dict()["batch"] == 0
+
+    with pytest.raises(ValueError, match="seed"):
+        train_loader(beton, seed=3).load_state_dict(state)
+
+
+# -- augmentation parameters ----------------------------------------------------------------------
+
+def _torchvision_rrc(height, width, scale, ratio, rand):
+    """torchvision's RandomResizedCrop.get_params, written from its documentation, with
+    ``rand()`` as the uniform source (four draws per try)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * rand())
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * rand())
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = int(rand() * (height - h + 1))
+            j = int(rand() * (width - w + 1))
+            return i, j, h, w
+        rand(), rand()
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def test_rrc_boxes_follow_torchvisions_algorithm():
+    from fastdata.ops.crop_params import random_resized_crop_box
+    # Same draws -> same boxes, including fallbacks (a 10:1 strip forces them often).
+    for (height, width) in ((375, 500), (500, 375), (20, 200), (1, 1), (3, 900)):
+        for index in range(300):
+            key = np.uint64(make_key(7, 0, index, OP_CROP))
+            draws = iter(uniform(key, k) for k in range(40))
+            expected = _torchvision_rrc(height, width, (0.08, 1.0), (3 / 4, 4 / 3),
+                                        lambda: next(draws))
+            got = random_resized_crop_box(key, height, width, 0.08, 1.0, math.log(3 / 4),
+                                          math.log(4 / 3))
+            assert tuple(got) == expected
+
+
+def test_rrc_scale_and_ratio_statistics_match_torchvision(beton):
+    loader = Loader(beton, batch_size=N, order="random", return_params=True,
+                    pipelines={"image": [RandomResizedCrop(32)], "label": None})
+    reader = fastdata.Reader(beton)
+    ours, theirs = [], []
+    rng = random.Random(0)
+    for epoch in range(30):
+        (_, params) = next(iter(loader))
+        idx = loader.epoch_indices(epoch)
+        for k in range(N):
+            w, h = reader.original_size(int(idx[k]), "image")
+            top, left, bh, bw = params[k, :4].tolist()
+            ours.append((bh * bw / (h * w), bw / bh))
+            i, j, th, tw = _torchvision_rrc(h, w, (0.08, 1.0), (3 / 4, 4 / 3), rng.random)
+            theirs.append((th * tw / (h * w), tw / th))
+            assert 0 <= top and top + bh <= h and 0 <= left and left + bw <= w
+    ours, theirs = np.array(ours), np.array(theirs)
+    for column in range(2):
+        for q in (0.1, 0.25, 0.5, 0.75, 0.9):
+            a, b = np.quantile(ours[:, column], q), np.quantile(theirs[:, column], q)
+            assert abs(a - b) < 0.06 * max(1.0, b), (column, q, a, b)
+
+
+def test_output_matches_torchvision_resampling_of_the_same_box(beton, images):
+    loader = Loader(beton, batch_size=N, order="random", seed=4, return_params=True,
+                    pipelines={"image": [RandomResizedCrop(56), RandomHorizontalFlip()],
+                               "label": None})
+    batch, params = next(iter(loader))
+    idx = loader.epoch_indices(0)
+    reader = fastdata.Reader(beton)
+    diffs = []
+    for k in range(N):
+        stored = reader.read(int(idx[k]), "image")   # the stored pixels (JPEG decoded in full)
+        top, left, h, w = params[k, :4].tolist()
+        ref = resize_crop_reference(stored, top, left, h, w, 56, 56, bool(params[k, 8]))
+        diffs.append(np.abs(ref.astype(int) - batch[k].numpy().astype(int)).mean())
+    assert max(diffs) <= 2.0, max(diffs)
+    assert 0 < params[:, 8].sum() < N          # some flipped, some not
+
+
+def test_flip_mirrors_and_center_crop_is_deterministic(beton):
+    def run(flip_p, order="sequential"):
+        decoder = CenterCrop(40)
+        loader = Loader(beton, batch_size=N, order=order, seed=1, return_params=True,
+                        pipelines={"image": [decoder, RandomHorizontalFlip(flip_p)],
+                                   "label": None})
+        return next(iter(loader))
+    plain, _ = run(0.0)
+    always, params = run(1.0)
+    assert params[:, 8].tolist() == [1.0] * N
+    assert torch.equal(always, plain.flip(2))
+    # A flip placed after ToTensor flips the same samples as the fused one.
+    loader = Loader(beton, batch_size=N, seed=1, pipelines={
+        "image": [CenterCrop(40), ToTensor(), RandomHorizontalFlip()], "label": None})
+    late = next(iter(loader))[0]
+    fused, fused_params = run(0.5)
+    assert torch.equal(late, fused)
+
+
+def test_normalize_values(beton):
+    raw = next(iter(Loader(beton, batch_size=8, pipelines={
+        "image": [CenterCrop(24), ToTensor(), ToTorchImage()], "label": None})))[0]
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        norm = next(iter(Loader(beton, batch_size=8, pipelines={
+            "image": [CenterCrop(24), ToTensor(), ToTorchImage(),
+                      Normalize((0.5, 0.4, 0.3), (0.2, 0.25, 0.3), dtype)],
+            "label": None})))[0]
+        mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+        std = torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+        expected = (raw.float() / 255 - mean) / std
+        assert norm.dtype == dtype
+        tolerance = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+        assert torch.allclose(norm.float(), expected, atol=tolerance, rtol=tolerance)
+
+
+# -- threads, memory, errors ---------------------------------------------------------------------
+
+def test_no_thread_outlives_its_epoch(beton):
+    baseline = threading.active_count()
+    loader = train_loader(beton)
+    for _ in loader:
+        break
+    gc.collect()
+    assert threading.active_count() == baseline
+    for _ in range(20):
+        it = iter(loader)
+        next(it)
+    del it
+    gc.collect()
+    assert threading.active_count() == baseline
+    list(loader)
+    assert threading.active_count() == baseline
+
+
+def test_rss_stays_flat_over_epochs(beton):
+    psutil = pytest.importorskip("psutil")
+    process = psutil.Process()
+    loader = train_loader(beton, batch_size=32)
+    rss = []
+    for epoch in range(20):
+        for _ in loader:
+            pass
+        rss.append(process.memory_info().rss)
+    # After warm-up, 15 more epochs add (almost) nothing: no allocation per batch.
+    assert rss[-1] - rss[4] < 8 << 20, [r >> 20 for r in rss]
+
+
+def test_decode_error_names_sample_and_field(tmp_path, images):
+    path = str(tmp_path / "bad.beton")
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg"), "label": IntField()},
+                  page_size=1 << 21, progress=False).from_indexed_dataset(
+        [(img, i) for i, img in enumerate(images[:20])])
+    reader = fastdata.Reader(path)
+    ptr = int(reader.payload_ptrs("image")[13])
+    reader.close()
+    with open(path, "r+b") as f:          # keep the header, destroy the entropy-coded data
+        f.seek(ptr + 700)
+        f.write(b"\xff\xd9" + b"\x00" * 64)
+        f.seek(ptr + 20)
+        f.write(b"\xff\xff\xff\xff")
+    loader = Loader(path, batch_size=4, num_workers=2,
+                    pipelines={"image": [RandomResizedCrop(32)], "label": None})
+    baseline = threading.active_count()
+    with pytest.raises(fastdata.SampleError) as err:
+        list(loader)
+    assert err.value.index == 13 and err.value.field == "image"
+    gc.collect()
+    assert threading.active_count() <= baseline
+
+
+def test_reads_ffcv_written_files():
+    fixtures = os.environ.get("FASTDATA_FIXTURES") or os.path.join(
+        os.path.dirname(__file__), "..", "..", "shared", "fixtures")
+    path = os.path.join(fixtures, "ffcv_images_proportion.beton")
+    if not os.path.exists(path):
+        pytest.skip("FFCV fixtures not found (set FASTDATA_FIXTURES)")
+    import json
+    expected = json.load(open(path + ".json"))["samples"]
+    loader = Loader(path, batch_size=8, order="sequential", drop_last=False, pipelines={
+        "image": [CenterCrop(64)], "label": [IntDecoder(), ToTensor(), Squeeze()]})
+    labels = torch.cat([b[1] for b in epoch_batches(loader)]).tolist()
+    assert labels == [s["label"] for s in expected]
+    reader = fastdata.Reader(path)
+    batch = next(iter(Loader(path, batch_size=8, return_params=True, pipelines={
+        "image": [CenterCrop(64)], "label": None})))
+    images, params = batch
+    for k in range(8):
+        full = reader.read(k, "image")
+        top, left, h, w = params[k, :4].tolist()
+        ref = resize_crop_reference(full, top, left, h, w, 64, 64, False)
+        assert np.abs(ref.astype(int) - images[k].numpy().astype(int)).mean() <= 2.0
+
+
+def _rank_main(rank, world_size, path, port, order, drop_last, out_dir):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size)
+    try:
+        loader = Loader(path, batch_size=5, num_workers=1, order=order, seed=3, distributed=True,
+                        drop_last=drop_last, pipelines={
+                            "image": None, "label": [IntDecoder(), ToTensor(), Squeeze()]})
+        epochs = [torch.cat([b[0].clone() for b in loader]).tolist() for _ in range(2)]
+        np.save(os.path.join(out_dir, f"rank{rank}.npy"), np.array(epochs, dtype=np.int64))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("order", ["random", "quasi_random", "sequential"])
+def test_two_ranks_cover_every_sample_once(tmp_path, order):
+    import socket
+    import torch.multiprocessing as mp
+    path = str(tmp_path / "labels.beton")
+    DatasetWriter(path, {"image": RGBImageField(), "label": IntField()}, page_size=1 << 21,
+                  progress=False).from_indexed_dataset(
+        [(np.zeros((4, 4, 3), np.uint8), i) for i in range(60)])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_main, args=(2, path, port, order, True, str(tmp_path)), nprocs=2, join=True)
+    ranks = [np.load(tmp_path / f"rank{r}.npy") for r in range(2)]
+    for epoch in range(2):
+        a, b = ranks[0][epoch].tolist(), ranks[1][epoch].tolist()
+        assert len(a) == len(b) == 30
+        assert not set(a) & set(b)                       # disjoint
+        assert sorted(a + b) == list(range(60))          # complete
+    if order != "sequential":
+        assert ranks[0][0].tolist() != ranks[0][1].tolist()
+
+
+def test_shard_padding_and_drop_last_semantics():
+    from fastdata.order import shard
+    order = np.arange(10)
+    padded = [shard(order, r, 3, drop_last=False).tolist() for r in range(3)]
+    assert padded == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]   # pads with the first samples
+    dropped = [shard(order, r, 3, drop_last=True).tolist() for r in range(3)]
+    assert dropped == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]           # the tail sample 9 is left out
