@@ -20,10 +20,12 @@ setup(
         "simplejpeg>=1.6",
         "pillow>=9.0",
         "tqdm>=4.60",
+        # libturbojpeg 3 (region decoding) for the loader; x86-64 Linux wheels only.
+        "turbojpeg>=0.0.2; platform_machine == 'x86_64' and sys_platform == 'linux'",
     ],
     extras_require={
         "torch": ["torch>=2.0"],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "psutil>=5"],
     },
     entry_points={"console_scripts": ["fastdata=fastdata.cli:main"]},
 )

@@ -1,11 +1,16 @@
 """Anti-aliased bilinear crop-and-resize: the resampling kernel of the crop decoders.
 
-Semantics (PIL ``ImagingResample`` with ``box=``, i.e. torchvision's ``resized_crop(...,
-antialias=True)`` bilinear). Units are source pixels; pixel ``k`` covers ``[k, k + 1)`` so its centre is
-``k + 0.5``. For each axis, with crop start ``b0``, crop length ``len`` (floats) and output length ``out``:
+``resize_crop_into`` (Numba, nogil, allocation-free: many threads may run it at once, each with its
+own ``scratch`` of ``scratch_size(...)`` float32s, e.g. from ``new_scratch``) and
+``resize_crop_reference`` (slow float64 numpy, for tests) compute the same thing.
+
+Semantics: PIL's ``Image.resize(size, BILINEAR, box=...)`` (``ImagingResample``), the algorithm of
+torchvision's ``resized_crop(..., antialias=True)``. Units are source pixels; pixel ``k`` covers
+``[k, k + 1)``, so its centre is ``k + 0.5``. For each axis, with crop start ``b0`` and length
+``len`` (floats), output length ``out`` and source side ``in_size``:
 
     scale       = len / out                 (> 1 when downscaling)
-    filterscale = max(scale, 1)             (the triangle is widened only when downscaling)
+    filterscale = max(scale, 1)             (widens the triangle only when downscaling)
     support     = 1.0 * filterscale
     center_i    = b0 + (i + 0.5) * scale
     xmin_i      = max(int(center_i - support + 0.5), 0)
@@ -13,20 +18,23 @@ antialias=True)`` bilinear). Units are source pixels; pixel ``k`` covers ``[k, k
     weight(k)   = tri((k - center_i + 0.5) / filterscale),  tri(x) = max(0, 1 - |x|),
                   for xmin_i <= k < xmax_i, normalised to sum 1.
 
-``in_size`` is the whole source side, not the crop: as in PIL, pixels just outside the box but inside the
-image contribute to the outermost outputs (torchvision crops first, so it clamps at the box instead; this
-only touches the border rows/columns of the output, by a few levels at most). The box may be fractional
-(a JPEG decoded at 1/2 or 1/4 DCT scale maps an integer full-resolution box to a fractional one).
+The box may be fractional (a JPEG decoded at 1/2 or 1/4 DCT scale maps an integer full-resolution
+box to a fractional one) and is clamped to the image. ``in_size`` is the whole source side, not the
+crop: as in PIL, pixels just outside the box contribute to the outermost outputs. torchvision crops
+first, so its filter stops at the box: the two differ only in a band about one source pixel wide
+along the output's edges (many output pixels wide on strong upscales), by up to ~15 levels there on
+photos.
 
-Precision: weights and the intermediate are float32 (not PIL's 22-bit fixed point with a uint8
-intermediate); outputs are rounded half up. The result is within 1 level of the float64 reference
-``resize_crop_reference`` and, on photographs, within ~1 level of PIL.
+Precision: weights and intermediate are float32 (PIL: 22-bit fixed point and a uint8 intermediate);
+outputs are rounded half up. Within 1 level of ``resize_crop_reference``; within 1 level of PIL on
+photos.
 
-Pass order: the kernel filters vertically first, then horizontally, one output row at a time. With a float
-intermediate the two orders give the same result up to float rounding (the filter is separable and linear),
-but this order makes the pass that vectorises (a weighted sum of whole source rows) do the big
-``out_h x crop_w`` part, leaves the gather-like horizontal pass only ``out_h x out_w`` pixels, and needs one
-row of intermediate (L1-resident) instead of an ``in_h x out_w`` image. The reference keeps PIL's order.
+Pass order: the kernel filters vertically first, then horizontally, two output rows at a time. With
+a float intermediate both orders give the same result up to float rounding (the filter is separable
+and linear), but this one gives the pass that vectorises (weighted sums of whole source rows) the
+big ``out_h x crop_w`` share, leaves the gather-like horizontal pass only ``out_h x out_w`` pixels,
+and needs two rows of intermediate (L1-resident) instead of an ``in_h x out_w`` image. The reference
+keeps PIL's order.
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ import math
 
 import numpy as np
 from numba import njit
+from numpy.lib.stride_tricks import as_strided
 
 
 def _taps(in_len: float, out_len: int) -> int:
@@ -42,10 +51,10 @@ def _taps(in_len: float, out_len: int) -> int:
 
 
 def scratch_size(out_h: int, out_w: int, max_in_h: int, max_in_w: int) -> int:
-    """Number of float32 elements ``resize_crop_into`` needs to resize any crop of a source image of at
-    most ``max_in_h`` x ``max_in_w`` pixels to ``out_h`` x ``out_w``."""
+    """Number of float32 elements ``resize_crop_into`` needs to resize any crop of a source image
+    of at most ``max_in_h`` x ``max_in_w`` pixels to ``out_h`` x ``out_w``."""
     kh, kw = _taps(max_in_h, out_h), _taps(max_in_w, out_w)
-    return out_h * kh + out_w * kw + 2 * (out_h + out_w) + 6 * (max_in_w + kw)
+    return out_h * kh + out_w * kw + 2 * (out_h + out_w) + 6 * out_w + 6 * (max_in_w + kw)
 
 
 def new_scratch(out_h: int, out_w: int, max_in_h: int, max_in_w: int) -> np.ndarray:
@@ -66,8 +75,8 @@ def _axis_coeffs(in_size, b0, length, out_len, stride, weights, starts, counts):
         center = b0 + (i + 0.5) * scale
         lo = max(int(center - support + 0.5), 0)
         hi = min(int(center + support + 0.5), in_size)
-        # PIL's window often ends on taps of weight exactly 0 (e.g. with integer boxes); trimming them
-        # saves work without changing the sum.
+        # PIL's window often ends on taps of weight exactly 0 (e.g. with integer boxes); trimming
+        # them saves work without changing the sum.
         total = 0.0
         first = -1
         last = -1
@@ -78,7 +87,7 @@ def _axis_coeffs(in_size, b0, length, out_len, stride, weights, starts, counts):
                 if first < 0:
                     first = k
                 last = k
-        # The source pixel containing the centre always has weight >= 0.5, so first >= 0 and total > 0.
+        # The source pixel holding the centre always has weight >= 0.5: first >= 0, total > 0.
         n = last - first + 1
         base = i * stride
         for j in range(stride):
@@ -94,8 +103,9 @@ def _axis_coeffs(in_size, b0, length, out_len, stride, weights, starts, counts):
 
 @njit(nogil=True, cache=True)
 def resize_crop_into(src, y0, x0, h, w, dst, flip, scratch):
-    """Resize the box (``y0``, ``x0``, ``h``, ``w``) of ``src`` (C-contiguous uint8 H x W x 3) into
-    ``dst`` (uint8 out_h x out_w x 3, rows contiguous), mirrored left-right if ``flip``.
+    """Resize the box (``y0``, ``x0``, ``h``, ``w``: float64 source pixels) of ``src`` (uint8
+    H x W x 3) into ``dst`` (uint8 out_h x out_w x 3), mirrored left-right if ``flip``. Either array
+    may be a view (e.g. into a decode or batch buffer) as long as each row's pixels are contiguous.
 
     ``scratch``: float32, at least ``scratch_size(out_h, out_w, H, W)`` elements, not shared between
     threads running at the same time. Allocates nothing and holds no GIL."""
@@ -103,6 +113,9 @@ def resize_crop_into(src, y0, x0, h, w, dst, flip, scratch):
     out_h, out_w = dst.shape[0], dst.shape[1]
     if src.shape[2] != 3 or dst.shape[2] != 3:
         raise ValueError("src and dst must have 3 channels")
+    if (src.strides[2] != 1 or src.strides[1] != 3 or dst.strides[2] != 1
+            or dst.strides[1] != 3):
+        raise ValueError("src and dst rows must be contiguous")
     # Clamp a box that leaves the image by float rounding (DCT-scaled boxes).
     by1 = min(y0 + h, float(H))
     bx1 = min(x0 + w, float(W))
@@ -115,21 +128,25 @@ def resize_crop_into(src, y0, x0, h, w, dst, flip, scratch):
 
     kh = int(math.ceil(max(bh / out_h, 1.0))) * 2 + 1
     kw = int(math.ceil(max(bw / out_w, 1.0))) * 2 + 1
+    n3 = out_w * 3
     o_wx = out_h * kh
     o_int = o_wx + out_w * kw
-    o_tmp = o_int + 2 * out_h + 2 * out_w
+    o_out = o_int + 2 * (out_h + out_w)
+    o_tmp = o_out + 2 * n3
     if scratch.shape[0] < o_tmp + 6 * (W + kw):
         raise ValueError("scratch too small: see scratch_size()")
     wy = scratch[0:o_wx]
     wx = scratch[o_wx:o_int]
-    ints = scratch[o_int:o_tmp].view(np.int32)
+    ints = scratch[o_int:o_out].view(np.int32)
     ystart = ints[0:out_h]
     ycount = ints[out_h:2 * out_h]
     xstart = ints[2 * out_h:2 * out_h + out_w]
-    xcount = ints[2 * out_h + out_w:2 * out_h + 2 * out_w]
+    xcount = ints[2 * out_h + out_w:2 * (out_h + out_w)]
+    out_a = scratch[o_out:o_out + n3]
+    out_b = scratch[o_out + n3:o_tmp]
     _axis_coeffs(H, by0, bh, out_h, kh, wy, ystart, ycount)
-    # Horizontal taps are all read with the same count kx (weights are zero-padded past each output's
-    # own count), which keeps the innermost loop branch-free.
+    # Horizontal taps are all read with the same count kx (weights are zero-padded past each
+    # output's own count), which keeps the innermost loop branch-free.
     kx = _axis_coeffs(W, bx0, bw, out_w, kw, wx, xstart, xcount)
 
     # Source columns the horizontal pass reads: [xa, xb).
@@ -140,8 +157,8 @@ def resize_crop_into(src, y0, x0, h, w, dst, flip, scratch):
         xb = max(xb, xstart[x] + xcount[x])
     ca = xa * 3
     cn = (xb - xa) * 3
-    # Two intermediate rows, so the horizontal pass can share each weight between two output rows. Taps
-    # past column xb have weight 0 but must not read NaN garbage: zero the padding.
+    # Two intermediate rows, so the horizontal pass can share each weight between two output rows.
+    # Taps past column xb have weight 0 but must not read NaN garbage: zero the padding.
     tmp_a = scratch[o_tmp:o_tmp + cn + 3 * kw]
     tmp_b = scratch[o_tmp + cn + 3 * kw:o_tmp + 2 * (cn + 3 * kw)]
     tmp_a[cn:] = 0.0
@@ -149,37 +166,48 @@ def resize_crop_into(src, y0, x0, h, w, dst, flip, scratch):
     for x in range(out_w):
         xstart[x] = (xstart[x] - xa) * 3
 
-    src2 = src.reshape(H, W * 3)
     for i in range(0, out_h, 2):
         i2 = min(i + 1, out_h - 1)  # odd out_h: the last row is computed twice, harmlessly
-        _vertical(src2, ystart[i], ycount[i], wy, i * kh, ca, cn, tmp_a)
-        _vertical(src2, ystart[i2], ycount[i2], wy, i2 * kh, ca, cn, tmp_b)
-        _horizontal(tmp_a, tmp_b, xstart, wx, kw, kx, dst[i], dst[i2], flip)
+        _vertical(src, ystart[i], ycount[i], wy, i * kh, ca, cn, tmp_a)
+        _vertical(src, ystart[i2], ycount[i2], wy, i2 * kh, ca, cn, tmp_b)
+        _horizontal(tmp_a, tmp_b, xstart, wx, kw, kx, out_a, out_b, flip)
+        _store(out_a, _flat_row(dst, i))
+        _store(out_b, _flat_row(dst, i2))
 
 
 @njit(nogil=True, cache=True)
-def _vertical(src2, ys, n, wy, base, ca, cn, tmp):
-    """tmp[:cn] = weighted sum of source rows ys..ys+n-1 over flat columns [ca, ca + cn): vectorises."""
-    row = src2[ys, ca:ca + cn]
+def _flat_row(img, y):
+    """Row y of an H x W x 3 uint8 array with contiguous rows, as a 1-D view of W * 3 bytes. Flat
+    rows keep the vertical pass and the final store vectorisable for views as for whole arrays."""
+    return as_strided(img[y], shape=(img.shape[1] * 3,), strides=(1,))
+
+
+@njit(nogil=True, cache=True)
+def _vertical(src, ys, n, wy, base, ca, cn, tmp):
+    """tmp[:cn] = weighted sum of source rows ys..ys+n-1 over flat columns [ca, ca + cn).
+    Vectorises."""
+    row = _flat_row(src, ys)[ca:ca + cn]
     wv = wy[base]
     for t in range(cn):
         tmp[t] = wv * np.float32(row[t])
     for j in range(1, n):
-        row = src2[ys + j, ca:ca + cn]
+        row = _flat_row(src, ys + j)[ca:ca + cn]
         wv = wy[base + j]
         for t in range(cn):
             tmp[t] += wv * np.float32(row[t])
 
 
 @njit(nogil=True, cache=True)
-def _horizontal(tmp_a, tmp_b, xstart, wx, kw, kx, drow_a, drow_b, flip):
-    """Horizontal pass of two intermediate rows, rounding half up (weights are >= 0, so sums are >= 0).
+def _horizontal(tmp_a, tmp_b, xstart, wx, kw, kx, out_a, out_b, flip):
+    """Horizontal pass of two intermediate rows into two float output rows (plus 0.5, for rounding),
+    written mirrored when flipping.
 
-    This gather-like pass cannot vectorise; what makes it fast is sharing each weight load between two
-    rows and indexing with unsigned ints (signed indices make Numba emit a negative-index fix-up per load,
-    which doubled the time)."""
+    This gather-like pass does not vectorise. What makes it fast: each weight load serves two
+    rows; indices are unsigned (with signed ones Numba emits a negative-index fix-up per load, which
+    cost ~2x); and it writes floats to a flat row, leaving the clamp-and-convert to a separate loop
+    that vectorises (converting here, pixel by pixel, cost ~25% more)."""
     U = np.uint64
-    out_w = drow_a.shape[0]
+    out_w = out_a.shape[0] // 3
     for x in range(out_w):
         p = U(xstart[x])
         b = U(x * kw)
@@ -199,16 +227,26 @@ def _horizontal(tmp_a, tmp_b, xstart, wx, kw, kx, drow_a, drow_b, flip):
             b2 += wv * tmp_b[p + U(2)]
             p += U(3)
             b += U(1)
-        d = U(out_w - 1 - x) if flip else U(x)
-        drow_a[d, U(0)] = min(int(a0), 255)
-        drow_a[d, U(1)] = min(int(a1), 255)
-        drow_a[d, U(2)] = min(int(a2), 255)
-        drow_b[d, U(0)] = min(int(b0), 255)
-        drow_b[d, U(1)] = min(int(b1), 255)
-        drow_b[d, U(2)] = min(int(b2), 255)
+        d = U(3 * (out_w - 1 - x)) if flip else U(3 * x)
+        out_a[d] = a0
+        out_a[d + U(1)] = a1
+        out_a[d + U(2)] = a2
+        out_b[d] = b0
+        out_b[d + U(1)] = b1
+        out_b[d + U(2)] = b2
+
+
+@njit(nogil=True, cache=True)
+def _store(vals, row):
+    """row = floor(vals) as uint8: the weights are >= 0 and sum to 1, so vals (which include the
+    +0.5) lie in [0.5, 255.5] up to float error; only the top needs clamping."""
+    top = np.float32(255.0)
+    for t in range(row.shape[0]):
+        row[t] = np.uint8(min(vals[t], top))
+
 
 def _weights_reference(in_size: int, b0: float, length: float, out_len: int) -> np.ndarray:
-    """Dense out_len x in_size float64 weight matrix of one axis (the formula in the module docstring)."""
+    """Dense out_len x in_size float64 weights of one axis (the module docstring's formula)."""
     scale = length / out_len
     filterscale = max(scale, 1.0)
     support = filterscale
