@@ -132,6 +132,7 @@ class Loader:
         self._pages = self._page_of_samples()[self.indices]
 
         self.pipelines = self._build_pipelines(pipelines or {})
+        self.pipeline_names = tuple(p.name for p in self.pipelines)
         self.ring_size = self.batches_ahead + 2
         for p in self.pipelines:
             for op in p.ops:
@@ -383,7 +384,8 @@ class _Producer:
     def _make_batch(self, batch_number: int, indices: np.ndarray) -> tuple:
         loader = self.loader
         slot = batch_number % loader.ring_size
-        ctx = BatchContext(indices=indices, epoch=self.epoch, seed=loader.seed, slot=slot)
+        ctx = BatchContext(indices=indices, epoch=self.epoch, seed=loader.seed, slot=slot,
+                           batch=batch_number, names=loader.pipeline_names)
         if self.stream is not None:
             # The slot's previous batch may still be copying to the device.
             event = self.events.get(slot)
@@ -392,7 +394,10 @@ class _Producer:
         outs = [loader._slots.buffers[k][slot] for k in range(len(loader.pipelines))]
         n = len(indices)
         tasks = []
-        for k, p in enumerate(loader.pipelines):
+        # Image decoders draw their boxes first: other fields' decoders may read them.
+        for k in sorted(range(len(loader.pipelines)),
+                        key=lambda k: not isinstance(loader.pipelines[k].decoder, ImageDecoder)):
+            p = loader.pipelines[k]
             p.decoder.prepare(ctx, outs[k])
             if p.decoder.parallel:
                 tasks += [(k, s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]

@@ -25,12 +25,19 @@ class BatchContext:
     """What ops may read about the batch being built.
 
     indices: int64[B] sample indices (file record numbers); epoch and seed: the RNG key parts;
-    params: per-field records of the random decisions drawn for this batch (e.g. crop boxes);
-    slot: which ring-buffer slot the batch occupies (ops keep per-slot output buffers)."""
+    batch: the batch's number within the epoch (keys per-batch draws such as a Mixup lambda);
+    slot: which ring-buffer slot the batch occupies (ops keep per-slot output buffers);
+    names: the output names, in the order of the tuple that batch-level ops receive;
+    params: per-field records of the random decisions drawn for this batch.  An image field's
+      record is a dict of ``boxes`` int64[B, 4] (top, left, height, width in stored pixels),
+      ``flips`` uint8[B], ``sizes`` and ``original_sizes`` int64[B, 2] (height, width stored,
+      and before max_resolution), and ``output_size`` (height, width)."""
     indices: np.ndarray
     epoch: int
     seed: int
     slot: int
+    batch: int = 0
+    names: tuple = ()
     params: dict[str, Any] = field(default_factory=dict)
 
 

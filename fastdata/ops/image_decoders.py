@@ -103,7 +103,11 @@ class ImageDecoder(Decoder):
         boxes = self.boxes(ctx, self.heights[idx], self.widths[idx])
         flips = (draws(ctx.seed, ctx.epoch, idx, OP_FLIP, 0) < self.flip_p).astype(np.uint8) \
             if self.flip_p > 0 else np.zeros(len(idx), dtype=np.uint8)
-        ctx.params[self.name] = {"boxes": boxes, "flips": flips}
+        ctx.params[self.name] = {
+            "boxes": boxes, "flips": flips,
+            "sizes": np.stack([self.heights[idx], self.widths[idx]], axis=1),
+            "original_sizes": np.stack([self.orig_heights[idx], self.orig_widths[idx]], axis=1),
+            "output_size": self.output_size}
 
     def make_worker_state(self) -> dict:
         out_h, out_w = self.output_size
@@ -162,11 +166,9 @@ class ImageDecoder(Decoder):
     def params_record(self, ctx: BatchContext) -> np.ndarray:
         """float64[n, 9]: box (top, left, height, width) in stored pixels, the same box in
         original-image pixels (before max_resolution), flip bit."""
-        idx = ctx.indices
         params = ctx.params[self.name]
         boxes = params["boxes"].astype(np.float64)
-        sy = self.orig_heights[idx] / self.heights[idx]
-        sx = self.orig_widths[idx] / self.widths[idx]
+        sy, sx = (params["original_sizes"] / params["sizes"]).T
         scale = np.stack([sy, sx, sy, sx], axis=1)
         return np.concatenate([boxes, boxes * scale, params["flips"][:, None]], axis=1)
 
