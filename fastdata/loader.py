@@ -56,20 +56,30 @@ class _Slots:
     """The ring: for each pipeline, ring_size preallocated decoder output batches."""
 
     def __init__(self, pipelines: list[_Pipeline], batch_size: int, ring_size: int, pin: bool):
+        # buffers[k][slot]: pipeline k's output array in that slot (a tuple of arrays for a
+        # decoder with several views, a list for JSON documents).
         self.buffers: list[list[Any]] = []
         for p in pipelines:
-            shape, dtype = p.decoder.sample_shape(batch_size)
-            if shape is None:
-                self.buffers.append([[None] * batch_size for _ in range(ring_size)])
-                continue
-            full = (ring_size, batch_size, *shape)
-            if pin and np.dtype(dtype) != np.dtype(object):
-                tensor = torch.empty(full, dtype=torch.from_numpy(np.zeros(0, dtype)).dtype,
-                                     pin_memory=True)
-                array = tensor.numpy()
+            spec = p.decoder.sample_shape(batch_size)
+            if isinstance(spec, list):
+                per_view = [self._ring(shape, dtype, batch_size, ring_size, pin)
+                            for shape, dtype in spec]
+                self.buffers.append([tuple(ring[s] for ring in per_view)
+                                     for s in range(ring_size)])
             else:
-                array = np.empty(full, dtype=dtype)
-            self.buffers.append([array[s] for s in range(ring_size)])
+                self.buffers.append(self._ring(*spec, batch_size, ring_size, pin))
+
+    @staticmethod
+    def _ring(shape, dtype, batch_size: int, ring_size: int, pin: bool) -> list:
+        if shape is None:
+            return [[None] * batch_size for _ in range(ring_size)]
+        full = (ring_size, batch_size, *shape)
+        if pin:
+            torch_dtype = torch.from_numpy(np.zeros(0, dtype)).dtype
+            array = torch.empty(full, dtype=torch_dtype, pin_memory=True).numpy()
+        else:
+            array = np.empty(full, dtype=dtype)
+        return [array[s] for s in range(ring_size)]
 
 
 class Loader:
@@ -132,7 +142,10 @@ class Loader:
         self._pages = self._page_of_samples()[self.indices]
 
         self.pipelines = self._build_pipelines(pipelines or {})
-        self.pipeline_names = tuple(p.name for p in self.pipelines)
+        # Output names in tuple order (a multi-view pipeline gives name, name_1, name_2, ...).
+        self.pipeline_names = tuple(
+            p.name if v == 0 else f"{p.name}_{v}" for p in self.pipelines
+            for v in range(len(p.decoder.views) if isinstance(p.decoder, ImageDecoder) else 1))
         self.ring_size = self.batches_ahead + 2
         for p in self.pipelines:
             for op in p.ops:
@@ -409,16 +422,18 @@ class _Producer:
         results = []
         with (torch.cuda.stream(self.stream) if self.stream is not None else _null()):
             for k, p in enumerate(loader.pipelines):
-                value = outs[k][:n]
-                for op in p.ops:
-                    value = op(value, ctx)
-                results.append(value)
+                values = outs[k] if isinstance(outs[k], tuple) else (outs[k],)
+                for value in values:          # one per view
+                    value = value[:n]
+                    for op in p.ops:
+                        value = op(value, ctx)
+                    results.append(value)
             for op in loader.batch_ops:
                 results = list(op(tuple(results), ctx))
             if loader.return_params:
                 for p in loader.pipelines:
                     if isinstance(p.decoder, ImageDecoder):
-                        results.append(torch.from_numpy(p.decoder.params_record(ctx)))
+                        results += [torch.from_numpy(r) for r in p.decoder.params_record(ctx)]
             ready = None
             if self.stream is not None:
                 ready = torch.cuda.Event()

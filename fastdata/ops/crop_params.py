@@ -11,7 +11,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ..rng import OP_CROP, make_key, uniform
+from ..rng import make_key, uniform
 
 RRC_ATTEMPTS = 10
 
@@ -58,13 +58,14 @@ def center_crop_box(height: int, width: int, ratio: float) -> tuple[int, int, in
 
 
 @njit(cache=True, nogil=True)
-def random_resized_crop_boxes(seed: int, epoch: int, indices: np.ndarray, heights: np.ndarray,
-                              widths: np.ndarray, scale_min: float, scale_max: float,
-                              log_ratio_min: float, log_ratio_max: float,
+def random_resized_crop_boxes(seed: int, epoch: int, indices: np.ndarray, op: int,
+                              heights: np.ndarray, widths: np.ndarray, scale_min: float,
+                              scale_max: float, log_ratio_min: float, log_ratio_max: float,
                               out: np.ndarray) -> None:
-    """Boxes for a batch: out[k] = (top, left, height, width) for sample indices[k] (int32)."""
+    """Boxes for a batch: out[k] = (top, left, height, width) for sample indices[k], drawn from
+    the stream (seed, epoch, sample, op); op is OP_CROP, offset per view for multi-view."""
     for k in range(len(indices)):
-        key = make_key(seed, epoch, indices[k], OP_CROP)
+        key = make_key(seed, epoch, indices[k], op)
         box = random_resized_crop_box(key, heights[k], widths[k], scale_min, scale_max,
                                       log_ratio_min, log_ratio_max)
         out[k, 0], out[k, 1], out[k, 2], out[k, 3] = box

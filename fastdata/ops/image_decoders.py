@@ -25,7 +25,7 @@ from .. import jpeg, libturbojpeg
 from ..fields import RGBImageField
 from ..fields.rgb_image import MODE_JPG
 from ..reader import SampleError
-from ..rng import OP_FLIP, draws
+from ..rng import OP_CROP, OP_FLIP, draws
 from .base import BatchContext, BatchOp, Decoder, check_range
 from .crop_params import center_crop_box, random_resized_crop_boxes
 from .image_kernel import (STATUS_ERROR, STATUS_MISMATCH, STATUS_NEEDS_PYTHON, decode_range,
@@ -56,6 +56,9 @@ class RandomHorizontalFlip(BatchOp):
         return torch.where(flips, batch.flip(width_dim), batch)
 
 
+VIEW_STRIDE = 16   # RNG op ids of view v: OP_CROP + 16 v, OP_FLIP + 16 v (view 0: the plain ids)
+
+
 class ImageDecoder(Decoder):
     """Base of the image decoders: output ``output_size`` (height, width) uint8 RGB."""
 
@@ -64,11 +67,18 @@ class ImageDecoder(Decoder):
     def __init__(self, output_size: Optional[Sequence[int]] = None):
         self.output_size = None if output_size is None else _pair(output_size)
         self.flip_p = 0.0
+        self.view = 0
+
+    @property
+    def views(self) -> list["ImageDecoder"]:
+        """The decoders whose outputs this one produces (itself, or MultiView's views)."""
+        return [self]
 
     def absorb(self, ops: list) -> list:
         """Fold a RandomHorizontalFlip that directly follows into the decoding kernel."""
         if ops and isinstance(ops[0], RandomHorizontalFlip):
-            self.flip_p = ops[0].p
+            for view in self.views:
+                view.flip_p = ops[0].p
             return ops[1:]
         return ops
 
@@ -92,64 +102,78 @@ class ImageDecoder(Decoder):
         self.max_width = int(self.widths.max(initial=1))
 
     def sample_shape(self, batch_size: int):
-        return (*self.output_size, 3), np.uint8
+        """(shape, dtype), or a list of them for several views."""
+        shapes = [((*view.output_size, 3), np.uint8) for view in self.views]
+        return shapes[0] if len(shapes) == 1 else shapes
 
     def boxes(self, ctx: BatchContext, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
         """int64[n, 4] boxes (top, left, height, width) in stored pixels."""
         raise NotImplementedError
 
-    def prepare(self, ctx: BatchContext, out: np.ndarray) -> None:
+    def prepare(self, ctx: BatchContext, out: Any) -> None:
         idx = ctx.indices
-        boxes = self.boxes(ctx, self.heights[idx], self.widths[idx])
-        flips = (draws(ctx.seed, ctx.epoch, idx, OP_FLIP, 0) < self.flip_p).astype(np.uint8) \
-            if self.flip_p > 0 else np.zeros(len(idx), dtype=np.uint8)
-        ctx.params[self.name] = {
-            "boxes": boxes, "flips": flips,
-            "sizes": np.stack([self.heights[idx], self.widths[idx]], axis=1),
-            "original_sizes": np.stack([self.orig_heights[idx], self.orig_widths[idx]], axis=1),
-            "output_size": self.output_size}
+        heights, widths = self.heights[idx], self.widths[idx]
+        sizes = np.stack([heights, widths], axis=1)
+        original = np.stack([self.orig_heights[idx], self.orig_widths[idx]], axis=1)
+        records = []
+        for view in self.views:
+            flips = np.zeros(len(idx), dtype=np.uint8)
+            if view.flip_p > 0:
+                flips[:] = draws(ctx.seed, ctx.epoch, idx, OP_FLIP + VIEW_STRIDE * view.view,
+                                 0) < view.flip_p
+            records.append({"boxes": view.boxes(ctx, heights, widths), "flips": flips,
+                            "sizes": sizes, "original_sizes": original,
+                            "output_size": view.output_size})
+        params = dict(records[0])
+        if len(records) > 1:
+            params["views"] = records
+        # The kernel's arrays: boxes [views, n, 4] and flips [views, n].
+        params["all_boxes"] = np.stack([r["boxes"] for r in records])
+        params["all_flips"] = np.stack([r["flips"] for r in records])
+        ctx.params[self.name] = params
 
     def make_worker_state(self) -> dict:
-        out_h, out_w = self.output_size
-        state = {
+        scratch = max(scratch_size(*view.output_size, self.max_height, self.max_width)
+                      for view in self.views)
+        return {
             "region": np.empty(max(self.max_jpeg_pixels * 3, 3), dtype=np.uint8),
-            "scratch": np.empty(scratch_size(out_h, out_w, self.max_height, self.max_width),
-                                dtype=np.float32),
+            "scratch": np.empty(scratch, dtype=np.float32),
             "handle": libturbojpeg.new_handle() if libturbojpeg.AVAILABLE else 0,
             "status": np.zeros(self.batch_size, dtype=np.int64),
         }
-        return state
 
     def release_worker_state(self, state: dict) -> None:
         if state["handle"]:
             libturbojpeg.free_handle(state["handle"])
             state["handle"] = 0
 
-    def decode_range(self, ctx: BatchContext, start: int, stop: int, out: np.ndarray,
+    def decode_range(self, ctx: BatchContext, start: int, stop: int, out: Any,
                      worker: dict) -> None:
         params = ctx.params[self.name]
+        outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
         status = worker["status"]
         decode_range(self.reader.data, self.modes, self.ptrs, self.sizes, self.widths,
-                     self.heights, ctx.indices, params["boxes"], params["flips"], start, stop,
-                     out, worker["region"], worker["scratch"], worker["handle"],
+                     self.heights, ctx.indices, params["all_boxes"], params["all_flips"], start,
+                     stop, outs, worker["region"], worker["scratch"], worker["handle"],
                      libturbojpeg.AVAILABLE, status)
         for k in range(start, stop):
             if status[k] == STATUS_NEEDS_PYTHON:
-                self._decode_in_python(ctx, k, out, worker)
+                self._decode_in_python(ctx, k, outs, worker)
             elif status[k] in (STATUS_ERROR, STATUS_MISMATCH):
                 index = int(ctx.indices[k])
                 reason = (libturbojpeg.error_string(worker["handle"]) if status[k] == STATUS_ERROR
                           else "stored JPEG's size differs from its record")
                 raise SampleError(index, self.name, f"cannot decode JPEG: {reason}")
 
-    def _decode_in_python(self, ctx: BatchContext, k: int, out: np.ndarray, worker: dict) -> None:
+    def _decode_in_python(self, ctx: BatchContext, k: int, outs: tuple, worker: dict) -> None:
         """Fallback without libturbojpeg 3: simplejpeg (GIL released) at the DCT scale, full
         image, then the same resize kernel."""
         index = int(ctx.indices[k])
         ptr, size = int(self.ptrs[index]), int(self.sizes[index])
-        box = ctx.params[self.name]["boxes"][k]
-        out_h, out_w = self.output_size
-        denom = _dct_denominator(int(box[2]), int(box[3]), out_h, out_w)
+        params = ctx.params[self.name]
+        boxes, flips = params["all_boxes"][:, k], params["all_flips"][:, k]
+        denom = min(_dct_denominator(int(box[2]), int(box[3]), out.shape[1], out.shape[2])
+                    for box, out in zip(boxes, outs))
         try:
             rgb = jpeg.simplejpeg.decode_jpeg(
                 self.reader.data[ptr:ptr + size], colorspace="RGB",
@@ -159,18 +183,21 @@ class ImageDecoder(Decoder):
             raise SampleError(index, self.name, f"cannot decode JPEG: {err}") from None
         scale_y = rgb.shape[0] / self.heights[index]
         scale_x = rgb.shape[1] / self.widths[index]
-        resize_decoded(rgb, box[0] * scale_y, box[1] * scale_x, box[2] * scale_y,
-                       box[3] * scale_x, out[k], bool(ctx.params[self.name]["flips"][k]),
-                       worker["scratch"])
+        for box, flip, out in zip(boxes, flips, outs):
+            resize_decoded(rgb, box[0] * scale_y, box[1] * scale_x, box[2] * scale_y,
+                           box[3] * scale_x, out[k], bool(flip), worker["scratch"])
 
-    def params_record(self, ctx: BatchContext) -> np.ndarray:
-        """float64[n, 9]: box (top, left, height, width) in stored pixels, the same box in
-        original-image pixels (before max_resolution), flip bit."""
+    def params_record(self, ctx: BatchContext) -> list[np.ndarray]:
+        """Per view, float64[n, 9]: box (top, left, height, width) in stored pixels, the same
+        box in original-image pixels (before max_resolution), flip bit."""
         params = ctx.params[self.name]
-        boxes = params["boxes"].astype(np.float64)
         sy, sx = (params["original_sizes"] / params["sizes"]).T
         scale = np.stack([sy, sx, sy, sx], axis=1)
-        return np.concatenate([boxes, boxes * scale, params["flips"][:, None]], axis=1)
+        out = []
+        for boxes, flips in zip(params["all_boxes"], params["all_flips"]):
+            boxes = boxes.astype(np.float64)
+            out.append(np.concatenate([boxes, boxes * scale, flips[:, None]], axis=1))
+        return out
 
 
 def _pair(size: Any) -> tuple[int, int]:
@@ -224,7 +251,8 @@ class RandomResizedCrop(ImageDecoder):
 
     def boxes(self, ctx, heights, widths):
         out = np.empty((len(heights), 4), dtype=np.int64)
-        random_resized_crop_boxes(ctx.seed, ctx.epoch, ctx.indices, heights, widths,
+        random_resized_crop_boxes(ctx.seed, ctx.epoch, ctx.indices,
+                                  OP_CROP + VIEW_STRIDE * self.view, heights, widths,
                                   self.scale[0], self.scale[1], math.log(self.ratio[0]),
                                   math.log(self.ratio[1]), out)
         return out
@@ -246,8 +274,38 @@ class CenterCrop(ImageDecoder):
                          for h, w in zip(heights, widths)], dtype=np.int64).reshape(-1, 4)
 
 
+class MultiView(ImageDecoder):
+    """Several independently augmented views of each image, decoding its JPEG once.
+
+    ``MultiView(RandomResizedCrop(224), RandomResizedCrop(224))`` gives BYOL/SimCLR's two views;
+    ``MultiView(RandomResizedCrop(224, scale=(0.4, 1)), *[RandomResizedCrop(96,
+    scale=(0.05, 0.4))] * 6)`` gives DINO-style global and local crops (repeating one decoder
+    object is fine: each position is a view with its own parameters).  Each view draws its own
+    box and flip bit; the pipeline yields one output per view.  A RandomHorizontalFlip right
+    after MultiView flips every view independently."""
+
+    def __init__(self, *views: ImageDecoder):
+        if not views:
+            raise ValueError("MultiView needs at least one view")
+        copies = []
+        for v, view in enumerate(views):
+            if not isinstance(view, ImageDecoder) or isinstance(view, (MultiView,
+                                                                       SimpleRGBImageDecoder)):
+                raise TypeError(f"view {v}: {view!r} is not a cropping image decoder")
+            copy = object.__new__(type(view))
+            copy.__dict__.update(view.__dict__)
+            copy.view = v
+            copies.append(copy)
+        super().__init__(None)
+        self._views = copies
+
+    @property
+    def views(self) -> list[ImageDecoder]:
+        return self._views
+
+
 # FFCV's names, so that switching is a change of imports.
 RandomResizedCropRGBImageDecoder = RandomResizedCrop
 CenterCropRGBImageDecoder = CenterCrop
-__all__ = ["ImageDecoder", "SimpleRGBImageDecoder", "RandomResizedCrop", "CenterCrop",
+__all__ = ["ImageDecoder", "SimpleRGBImageDecoder", "RandomResizedCrop", "CenterCrop", "MultiView",
            "RandomHorizontalFlip", "RandomResizedCropRGBImageDecoder", "CenterCropRGBImageDecoder"]

@@ -40,24 +40,27 @@ def resize_decoded(image: np.ndarray, top: float, left: float, height: float, wi
 @njit(cache=True, nogil=True)
 def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: np.ndarray,
                  widths: np.ndarray, heights: np.ndarray, indices: np.ndarray, boxes: np.ndarray,
-                 flips: np.ndarray, start: int, stop: int, out: np.ndarray, region: np.ndarray,
+                 flips: np.ndarray, start: int, stop: int, outs: tuple, region: np.ndarray,
                  scratch: np.ndarray, handle: int, use_turbo: bool, status: np.ndarray) -> None:
-    """Decode samples indices[start:stop] into out[start:stop]; status[k] says how it went.
+    """Decode samples indices[start:stop] into outs[v][start:stop] for each view v; status[k]
+    says how it went.
 
-    boxes[k] = (top, left, height, width) in stored pixels; flips[k] mirrors the output."""
-    out_h, out_w = out.shape[1], out.shape[2]
+    boxes[v, k] = (top, left, height, width) in stored pixels and flips[v, k] for view v of
+    sample k.  A JPEG is decoded once per sample, over the union of its views' boxes, at the
+    smallest DCT scale that still leaves every view's box at least its output size."""
+    views = len(outs)
     info = np.zeros(3, dtype=np.int32)
     for k in range(start, stop):
         index = indices[k]
         ptr, size = ptrs[index], sizes[index]
         height, width = heights[index], widths[index]
-        top, left, box_h, box_w = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
-        flip = flips[k] != 0
         status[k] = STATUS_OK
         if modes[index] != MODE_JPG:
             image = data[ptr:ptr + size].reshape((height, width, 3))
-            resize_crop_into(image, float(top), float(left), float(box_h), float(box_w),
-                             out[k], flip, scratch)
+            for v in range(views):
+                resize_crop_into(image, float(boxes[v, k, 0]), float(boxes[v, k, 1]),
+                                 float(boxes[v, k, 2]), float(boxes[v, k, 3]), outs[v][k],
+                                 flips[v, k] != 0, scratch)
             continue
         if not use_turbo:
             status[k] = STATUS_NEEDS_PYTHON
@@ -69,13 +72,20 @@ def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: n
         if info[0] != width or info[1] != height:
             status[k] = STATUS_MISMATCH
             continue
-        denom = _denominator(box_h, box_w, out_h, out_w)
+        denom = 8
+        top, left, bottom, right = height, width, 0, 0
+        for v in range(views):
+            box_top, box_left, box_h, box_w = boxes[v, k, 0], boxes[v, k, 1], boxes[v, k, 2], \
+                boxes[v, k, 3]
+            denom = min(denom, _denominator(box_h, box_w, outs[v].shape[1], outs[v].shape[2]))
+            top, left = min(top, box_top), min(left, box_left)
+            bottom, right = max(bottom, box_top + box_h), max(right, box_left + box_w)
         full_w, full_h = scaled(width, denom), scaled(height, denom)
-        # The box in scaled pixels, widened to whole pixels; the left edge moves down to an
-        # iMCU boundary, as region decoding requires (unknown subsampling: whole rows).
+        # The union box in scaled pixels, widened to whole pixels; the left edge moves down to
+        # an iMCU boundary, as region decoding requires (unknown subsampling: whole rows).
         y0 = top // denom
-        y1 = min(-(-(top + box_h) // denom), full_h)
-        x1 = min(-(-(left + box_w) // denom), full_w)
+        y1 = min(-(-bottom // denom), full_h)
+        x1 = min(-(-right // denom), full_w)
         if info[2] >= 0 and info[2] < len(MCU_WIDTH):
             mcu = max(MCU_WIDTH[info[2]] // denom, 1)
             x0 = (left // denom) // mcu * mcu
@@ -88,5 +98,7 @@ def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: n
             status[k] = STATUS_ERROR
             continue
         status[k] = result
-        resize_crop_into(pixels, top / denom - y0, left / denom - x0, box_h / denom,
-                         box_w / denom, out[k], flip, scratch)
+        for v in range(views):
+            resize_crop_into(pixels, boxes[v, k, 0] / denom - y0, boxes[v, k, 1] / denom - x0,
+                             boxes[v, k, 2] / denom, boxes[v, k, 3] / denom, outs[v][k],
+                             flips[v, k] != 0, scratch)
