@@ -398,7 +398,8 @@ class _Producer:
         loader = self.loader
         slot = batch_number % loader.ring_size
         ctx = BatchContext(indices=indices, epoch=self.epoch, seed=loader.seed, slot=slot,
-                           batch=batch_number, names=loader.pipeline_names)
+                           batch=batch_number, rank=loader.rank, world_size=loader.world_size,
+                           names=loader.pipeline_names)
         if self.stream is not None:
             # The slot's previous batch may still be copying to the device.
             event = self.events.get(slot)

@@ -26,6 +26,7 @@ OP_CROP = 2
 OP_FLIP = 3
 OP_MIX = 4
 OP_REPLAY = 5
+OP_MIX_BATCH = 6   # per-batch mixing draws, keyed by batch number (rank-interleaved)
 
 
 @njit(cache=True, nogil=True, inline="always")

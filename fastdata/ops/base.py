@@ -26,6 +26,7 @@ class BatchContext:
 
     indices: int64[B] sample indices (file record numbers); epoch and seed: the RNG key parts;
     batch: the batch's number within the epoch (keys per-batch draws such as a Mixup lambda);
+    rank, world_size: this process's place in distributed training (1 process: 0, 1);
     slot: which ring-buffer slot the batch occupies (ops keep per-slot output buffers);
     names: the output names, in the order of the tuple that batch-level ops receive;
     params: per-field records of the random decisions drawn for this batch.  An image field's
@@ -37,6 +38,8 @@ class BatchContext:
     seed: int
     slot: int
     batch: int = 0
+    rank: int = 0
+    world_size: int = 1
     names: tuple = ()
     params: dict[str, Any] = field(default_factory=dict)
 
