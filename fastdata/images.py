@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -35,25 +34,56 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image we can convert to RGB; the message says why."""
 
 
-@dataclass
+def _check_jpeg_error(err: jpeg.JpegError) -> None:
+    """Raise ImageDecodeError unless the libjpeg warning is the harmless junk-before-EOI one:
+    Pillow would decode corrupt entropy data as noise without a word."""
+    if not jpeg.is_harmless(err):
+        what = "truncated" if "Premature end of JPEG file" in str(err) else "corrupt"
+        raise ImageDecodeError(f"{what} JPEG: {err}") from None
+
+
 class SourceImage:
     """A decodable image: its size (after EXIF transposition if asked for) and its pixels.
 
-    ``jpeg`` holds the original stream, stripped of metadata, when it can be stored as is: a
-    baseline three-component JPEG that decodes cleanly and needs no rotation."""
-    width: int
-    height: int
-    jpeg: Optional[bytes]
-    _rgb: Optional[np.ndarray]
-    _data: Optional[bytes]
-    _exif_transpose: bool
+    A baseline three-component JPEG that needs no rotation can also be stored as it is
+    (``stored_jpeg``).  Its entropy-coded data is checked exactly once, by whichever comes first:
+    the full decode (``rgb``) or, when the pixels are never needed, a cheap decode at the smallest
+    DCT scale; either raises ImageDecodeError for a truncated or corrupt stream."""
+
+    def __init__(self, width: int, height: int, data: Optional[bytes] = None,
+                 info: Optional["jpeg.JpegInfo"] = None, rgb: Optional[np.ndarray] = None,
+                 exif_transpose: bool = False):
+        self.width, self.height = width, height
+        self._data, self._info, self._rgb = data, info, rgb
+        self._exif_transpose = exif_transpose
+        self._checked = False
+
+    def stored_jpeg(self) -> Optional[bytes]:
+        """The original stream less its metadata segments, if it can be stored as is."""
+        if self._info is None:
+            return None
+        if not self._checked:
+            try:
+                jpeg.validate(self._data, self._info.components)
+            except jpeg.JpegError as err:
+                _check_jpeg_error(err)
+                self._info = None        # intact pixels, junk stream: store it re-encoded
+                return None
+            self._checked = True
+        return jpeg.strip_metadata(self._data, self._info)
 
     def rgb(self) -> np.ndarray:
         """The pixels, H x W x 3 uint8 (decoded on first use)."""
         if self._rgb is None:
-            # A stream offered as-is was already checked; libjpeg-turbo decodes it fastest.
-            self._rgb = jpeg.decode(self._data, strict=False) if self.jpeg is not None \
-                else _decode_any(self._data, self._exif_transpose)
+            if self._info is not None or self._checked:
+                try:
+                    self._rgb = jpeg.decode(self._data, strict=not self._checked)
+                except jpeg.JpegError as err:
+                    _check_jpeg_error(err)
+                    self._rgb = jpeg.decode(self._data, strict=False)
+                self._checked = True
+            else:
+                self._rgb = _decode_any(self._data, self._exif_transpose)
         return self._rgb
 
 
@@ -106,8 +136,9 @@ def _decode_any(data: bytes, exif_transpose: bool) -> np.ndarray:
 def load_image(data: bytes, exif_transpose: bool = False) -> SourceImage:
     """Sniff and check an encoded image.  ImageDecodeError if it cannot become RGB pixels.
 
-    A JPEG is checked by entropy-decoding it at the smallest DCT scale, so a truncated or corrupt
-    file is caught before a writer stores it, without the cost of a full decode."""
+    A plain baseline RGB JPEG is checked lazily (see SourceImage) so that its entropy-coded data
+    is decoded once, however it ends up stored.  Other JPEGs are checked here, by libjpeg in
+    strict mode, before Pillow (which tolerates corrupt data) decodes them."""
     if not data:
         raise ImageDecodeError("empty file")
     if data.startswith(jpeg.SOI):
@@ -116,20 +147,16 @@ def load_image(data: bytes, exif_transpose: bool = False) -> SourceImage:
         except jpeg.JpegError:
             info = None        # headers we cannot walk: Pillow decides below
         if info is not None:
+            if info.is_plain_rgb and not (
+                    exif_transpose and info.exif_orientation not in (None, 1)):
+                return SourceImage(info.width, info.height, data, info,
+                                   exif_transpose=exif_transpose)
             try:
                 jpeg.validate(data, info.components)
             except jpeg.JpegError as err:
-                # Pillow would decode corrupt entropy data as noise without a word: refuse it.
-                if not jpeg.is_harmless(err):
-                    what = "truncated" if "Premature end of JPEG file" in str(err) else "corrupt"
-                    raise ImageDecodeError(f"{what} JPEG: {err}") from None
-            else:
-                if info.is_plain_rgb and not (
-                        exif_transpose and info.exif_orientation not in (None, 1)):
-                    return SourceImage(info.width, info.height, jpeg.strip_metadata(data, info),
-                                       None, data, exif_transpose)
+                _check_jpeg_error(err)
     rgb = _decode_any(data, exif_transpose)
-    return SourceImage(rgb.shape[1], rgb.shape[0], None, rgb, None, exif_transpose)
+    return SourceImage(rgb.shape[1], rgb.shape[0], rgb=rgb, exif_transpose=exif_transpose)
 
 
 def as_rgb_array(value: Any) -> np.ndarray:

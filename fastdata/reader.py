@@ -119,7 +119,9 @@ class Reader:
     def _check_alloc_table(self, data_floor: int) -> None:
         table = self.alloc_table
         ptrs, sizes, ids = table["ptr"], table["size"], table["sample_id"]
-        bad = (ptrs < data_floor) | (ptrs > self.alloc_table_ptr) | \
+        # FFCV may record an empty value before the first page (ptr = data_start - page_size):
+        # a zero-size region reads nothing, wherever it points.
+        bad = ((ptrs < data_floor) & (sizes > 0)) | (ptrs > self.alloc_table_ptr) | \
               (sizes > np.uint64(self.alloc_table_ptr) - np.minimum(ptrs, self.alloc_table_ptr))
         bad |= (ids >= self.num_samples) & (ids != fmt.NO_SAMPLE_ID)
         if bad.any():

@@ -134,7 +134,8 @@ class _PagePacker:
         """Copy one sample's payloads into one page; returns their absolute pointers."""
         # A zero-size value still takes one byte so that every pointer is unique (FFCV looks
         # regions up by pointer); the allocation table records its true size, 0.
-        sizes = [0 if p is None else len(p) for p in payloads]
+        sizes = [0 if p is None else p.nbytes if isinstance(p, np.ndarray) else len(p)
+                 for p in payloads]
         needed = sum(max(s, 1) for p, s in zip(payloads, sizes) if p is not None)
         if needed > self.page_size:
             raise ValueError(f"encoded sample is {needed} bytes, larger than the page size "
@@ -147,6 +148,8 @@ class _PagePacker:
                 ptrs.append(0)
                 continue
             ptr = self.page_no * self.page_size + self.offset
+            if isinstance(payload, np.ndarray):
+                payload = memoryview(np.ascontiguousarray(payload)).cast("B")
             self.page[self.offset:self.offset + size] = payload
             self.alloc.append((sample_id, ptr, size))
             ptrs.append(ptr)

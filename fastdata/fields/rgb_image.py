@@ -159,14 +159,16 @@ class RGBImageField(Field):
             raise ValueError(f"image of {width}x{height} exceeds the format's {MAX_SIDE}-pixel "
                              f"side limit; set max_resolution")
         as_jpeg = self._store_as_jpeg(index, width, height)
+        payload = None
         if (as_jpeg and self.keep_source_jpeg and isinstance(source, SourceImage)
-                and source.jpeg is not None and (width, height) == (orig_w, orig_h)):
-            payload = source.jpeg
-        else:
+                and (width, height) == (orig_w, orig_h)):
+            payload = source.stored_jpeg()
+        if payload is None:
             rgb = source if isinstance(source, np.ndarray) else source.rgb()
             rgb = resize_area(rgb, width, height)
+            # Raw pixels go to the page as the array itself: no intermediate bytes copy.
             payload = jpeg.encode(rgb, self.jpeg_quality) if as_jpeg \
-                else np.ascontiguousarray(rgb).tobytes()
+                else np.ascontiguousarray(rgb).reshape(-1)
         mode = MODE_JPG if as_jpeg else MODE_RAW
         return Encoded(payload, (mode, width, height), side=(orig_w, orig_h))
 
