@@ -4,8 +4,8 @@ The pieces: ``format`` (the on-disk layout), ``fields`` (one module per field ty
 ``writer.DatasetWriter`` (parallel, atomic writes), ``reader.Reader`` (validated random access),
 ``jpeg`` (the codec), ``images`` (turning any image file into RGB) and ``cli`` (the command line).
 """
-from .fields import (BytesField, Field, FloatField, IntField, JSONField, NDArrayField,
-                     RGBImageField, TorchTensorField)
+from .fields import (BytesField, Field, FloatField, IntField, JSONField, LabelMapField,
+                     NDArrayField, RGBImageField, TopKField, TorchTensorField)
 from .format import FormatError
 from .reader import Reader, SampleError
 from .writer import DatasetWriter, SampleFailure, WriteError, WriteReport
@@ -24,7 +24,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BytesField", "Field", "FloatField", "IntField", "JSONField", "NDArrayField",
+__all__ = ["BytesField", "Field", "FloatField", "IntField", "JSONField", "LabelMapField",
+           "TopKField", "NDArrayField",
            "RGBImageField", "TorchTensorField", "FormatError", "Reader", "SampleError",
            "DatasetWriter", "SampleFailure", "WriteError", "WriteReport", "__version__",
            "Loader", "EpochIterator", "OrderOption", "imagenet_loader"]

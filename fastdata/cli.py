@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     imagenet.add_argument("--split", default="train",
                           help="split folder under DIR (default: train)")
     _add_image_options(imagenet)
+    imagenet.add_argument("--relabel-maps", default=None, metavar="DIR",
+                          help="also store ReLabel's per-image label maps, DIR/<class>/<image "
+                               "stem>.pt, in a field 'relabel' (needs torch; a missing or bad "
+                               "map fails its image, see --on-error)")
     folder = sources.add_parser(
         "folder", help="every image below a folder, with its relative path",
         description="Write every image below DIR (sorted) with fields image and path (JSON).")
@@ -131,7 +135,8 @@ def cmd_write(args: argparse.Namespace) -> int:
     common = dict(image_field=field, limit=args.limit, num_workers=args.workers,
                   on_error=args.on_error, page_size=args.page_size, progress=not args.quiet)
     if args.source == "imagenet":
-        report = write_imagenet(args.data_dir, args.out, split=args.split, **common)
+        report = write_imagenet(args.data_dir, args.out, split=args.split,
+                                relabel_maps=args.relabel_maps, **common)
     else:
         report = write_folder(args.data_dir, args.out, **common)
     print_report(report)

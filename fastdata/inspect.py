@@ -34,10 +34,9 @@ def describe(reader: Reader) -> str:
         per_sample = (f"{float(np.mean(sizes)):,.0f} bytes/sample (min {int(sizes.min()):,}, "
                       f"max {int(sizes.max()):,})" if sizes is not None and n
                       else "in metadata")
-        described = repr(field) if isinstance(field, RGBImageField) and \
-            reader.side_table(name) is not None else type(field).__name__
-        if hasattr(field, "shape"):
-            described = f"{type(field).__name__}(dtype={field.dtype}, shape={field.shape})"
+        described = field.describe()
+        if isinstance(field, RGBImageField) and reader.side_table(name) is None:
+            described = "RGBImageField (written by FFCV: settings not recorded)"
         lines.append(f"  {k}: {name!r} type {field.TYPE_ID} {described}: {per_sample}")
         if isinstance(field, RGBImageField) and n:
             column = reader.metadata[f"f{k}"]

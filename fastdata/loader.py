@@ -36,10 +36,14 @@ CHUNK = 4   # samples per task handed to a worker: small enough to balance the b
 
 
 def default_decoder(field: Any) -> Decoder:
-    """FFCV's default decoder for a field type."""
+    """FFCV's default decoder for a field type (and ours for fastdata's own types)."""
+    from .fields import LabelMapField, TopKField
+    from .ops.relabel import LabelMapDecoder
+    from .ops.targets import TeacherTargets
     for types, decoder in ((RGBImageField, SimpleRGBImageDecoder), (IntField, IntDecoder),
                            (FloatField, FloatDecoder), (JSONField, JSONDecoder),
-                           (BytesField, BytesDecoder), (NDArrayField, NDArrayDecoder)):
+                           (BytesField, BytesDecoder), (NDArrayField, NDArrayDecoder),
+                           (LabelMapField, LabelMapDecoder), (TopKField, TeacherTargets)):
         if isinstance(field, types):
             return decoder()
     raise TypeError(f"no default decoder for {type(field).__name__}: give a pipeline")
@@ -194,6 +198,7 @@ class Loader:
                 if not isinstance(op, BatchOp):
                     raise TypeError(f"pipeline {name!r}: {op!r} is not a batch op; only its first "
                                     f"step may be a decoder")
+                op.pipeline = name      # which field's params an op may update (e.g. flips)
             if not ops or not isinstance(ops[0], ToTensor):
                 ops.insert(0, ToTensor())
             decoder.bind(self.reader, name, field_index)

@@ -37,7 +37,7 @@ def test_inspect_reports_fields_sizes_and_histograms(small_folder, tmp_path, cap
     assert "page size:   8,388,608 bytes" in report
     assert f"size:        {os.path.getsize(out_file):,} bytes" in report
     assert "'image' type 2 RGBImageField(write_mode='proportion', max_resolution=300" in report
-    assert "'label' type 1 IntField: in metadata" in report
+    assert "'label' type 1 IntField(): in metadata" in report
     assert "mode: jpg" in report and "raw" in report
     assert "longest side histogram" in report and "256-383" in report
     assert "images were downscaled" in report

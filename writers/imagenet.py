@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from fastdata import DatasetWriter, IntField, RGBImageField, WriteReport
+from fastdata.fields.label_map import LabelMapField
 
 # torchvision's IMG_EXTENSIONS (matched case-insensitively, as torchvision does)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -88,18 +89,28 @@ class ImageNetFolder:
 def write_imagenet(data_dir: str, out: str, split: Optional[str] = "train",
                    image_field: Optional[RGBImageField] = None, limit: Optional[int] = None,
                    num_workers: int = -1, on_error: str = "fail", page_size: int = 1 << 23,
-                   progress: bool = True) -> WriteReport:
+                   progress: bool = True, relabel_maps: Optional[str] = None,
+                   relabel_field: Optional[LabelMapField] = None) -> WriteReport:
     """Write ``data_dir/<split>`` (or ``data_dir`` itself when it already holds the class folders
     and ``split`` is None) to ``out`` with fields ``image`` and ``label``.
 
-    ``limit`` keeps the first N samples of torchvision's order (a quick subset)."""
+    ``limit`` keeps the first N samples of torchvision's order (a quick subset).
+    ``relabel_maps``: a folder of ReLabel's per-image label maps (``<wnid>/<stem>.pt``, see
+    writers.relabel), stored in a third field ``relabel`` (``relabel_field``, default
+    LabelMapField(5, 15, 15)); an image whose map is missing or malformed fails like an
+    undecodable image (``on_error``).  Needs torch."""
     root = os.path.join(data_dir, split) if split else data_dir
     if split and not os.path.isdir(root):
         raise ValueError(f"{data_dir} has no '{split}' folder")
     folder = ImageNetFolder.scan(root)
     samples = folder.samples[:limit] if limit else folder.samples
     fields = {"image": image_field or RGBImageField(), "label": IntField()}
+    dataset = samples
+    if relabel_maps is not None:
+        from .relabel import RelabelSamples
+        fields["relabel"] = relabel_field or LabelMapField()
+        dataset = RelabelSamples(samples, folder.classes, relabel_maps, fields["relabel"])
     writer = DatasetWriter(out, fields, page_size=page_size, num_workers=num_workers,
                            on_error=on_error, progress=progress)
     # Paths go to the image field, which reads and decodes them in the worker threads.
-    return writer.from_indexed_dataset(samples, describe=lambda i: samples[i][0])
+    return writer.from_indexed_dataset(dataset, describe=lambda i: samples[i][0])

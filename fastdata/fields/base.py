@@ -74,6 +74,12 @@ class Field(ABC):
         """Rebuild the field from its descriptor's argument bytes; FormatError if they are bad."""
         return cls()
 
+    def describe(self) -> str:
+        """The field with its arguments, for ``fastdata inspect``."""
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
+                         if not k.startswith("_") and k != "nbytes")
+        return f"{type(self).__name__}({args})"
+
     @property
     def side_table_location(self) -> Optional[tuple[int, int]]:
         """(ptr, count) of the side table, once read from a file's arguments; else None."""

@@ -4,7 +4,8 @@ Decoders: image decoders (``image_decoders``: RandomResizedCrop, CenterCrop,
 SimpleRGBImageDecoder) and the others (``decoders``: IntDecoder, FloatDecoder, NDArrayDecoder,
 BytesDecoder, JSONDecoder).  Batch ops: ``tensor`` (ToTensor, ToTorchImage, ToDevice, Normalize,
 NormalizeImage, Squeeze, Convert), RandomHorizontalFlip, and label-aware ops: ``mix`` (Mixup with
-CutMix, OneHot with label smoothing), ``targets`` (TeacherTargets from stored top-k outputs).  ``resize`` is the writer's
+CutMix, OneHot with label smoothing), ``targets`` (TeacherTargets from stored top-k outputs),
+``relabel`` (LabelMapPool: ReLabel soft labels pooled over each crop).  ``resize`` is the writer's
 max-resolution downscale; ``resample`` and ``image_kernel`` are the compiled pixel work.
 
 Names are imported on first use, so the writer (which needs ``resize`` only) never imports torch.
@@ -23,6 +24,7 @@ _WHERE = {
     "Normalize": "tensor", "NormalizeImage": "tensor", "Squeeze": "tensor", "ToDevice": "tensor",
     "ToTensor": "tensor", "ToTorchImage": "tensor", "MultiView": "image_decoders",
     "OneHot": "mix", "Mixup": "mix", "TeacherTargets": "targets",
+    "LabelMapPool": "relabel", "LabelMapDecoder": "relabel",
 }
 __all__ = sorted(_WHERE)
 

@@ -48,7 +48,11 @@ class RandomHorizontalFlip(BatchOp):
 
     def __call__(self, batch: Any, ctx: BatchContext) -> Any:
         import torch
-        flips = torch.from_numpy(draws(ctx.seed, ctx.epoch, ctx.indices, OP_FLIP, 0) < self.p)
+        bits = draws(ctx.seed, ctx.epoch, ctx.indices, OP_FLIP, 0) < self.p
+        record = ctx.params.get(getattr(self, "pipeline", None))
+        if record is not None:          # label ops read the flips from the image's params
+            record["flips"] = record["all_flips"][0] = bits.astype(np.uint8)
+        flips = torch.from_numpy(bits)
         if batch.dim() != 4:
             raise ValueError(f"RandomHorizontalFlip needs an image batch, got {tuple(batch.shape)}")
         width_dim = 3 if batch.shape[1] in (1, 3) and batch.shape[3] not in (1, 3) else 2
