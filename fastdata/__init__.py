@@ -5,7 +5,8 @@ The pieces: ``format`` (the on-disk layout), ``fields`` (one module per field ty
 ``jpeg`` (the codec), ``images`` (turning any image file into RGB) and ``cli`` (the command line).
 """
 from .fields import (BytesField, Field, FloatField, IntField, JSONField, LabelMapField,
-                     NDArrayField, RGBImageField, TopKField, TorchTensorField)
+                     NDArrayField, ReinforcementField, RGBImageField, TopKField,
+                     TorchTensorField)
 from .format import FormatError
 from .reader import Reader, SampleError
 from .writer import DatasetWriter, SampleFailure, WriteError, WriteReport
@@ -25,7 +26,7 @@ def __getattr__(name: str):
 
 
 __all__ = ["BytesField", "Field", "FloatField", "IntField", "JSONField", "LabelMapField",
-           "TopKField", "NDArrayField",
+           "TopKField", "ReinforcementField", "NDArrayField",
            "RGBImageField", "TorchTensorField", "FormatError", "Reader", "SampleError",
            "DatasetWriter", "SampleFailure", "WriteError", "WriteReport", "__version__",
            "Loader", "EpochIterator", "OrderOption", "imagenet_loader"]

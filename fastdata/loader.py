@@ -37,13 +37,15 @@ CHUNK = 4   # samples per task handed to a worker: small enough to balance the b
 
 def default_decoder(field: Any) -> Decoder:
     """FFCV's default decoder for a field type (and ours for fastdata's own types)."""
-    from .fields import LabelMapField, TopKField
+    from .fields import LabelMapField, ReinforcementField, TopKField
     from .ops.relabel import LabelMapDecoder
+    from .ops.replay import ReplayTargets
     from .ops.targets import TeacherTargets
     for types, decoder in ((RGBImageField, SimpleRGBImageDecoder), (IntField, IntDecoder),
                            (FloatField, FloatDecoder), (JSONField, JSONDecoder),
                            (BytesField, BytesDecoder), (NDArrayField, NDArrayDecoder),
-                           (LabelMapField, LabelMapDecoder), (TopKField, TeacherTargets)):
+                           (LabelMapField, LabelMapDecoder), (TopKField, TeacherTargets),
+                           (ReinforcementField, ReplayTargets)):
         if isinstance(field, types):
             return decoder()
     raise TypeError(f"no default decoder for {type(field).__name__}: give a pipeline")

@@ -8,16 +8,17 @@ from .bytes import BytesField
 from .json import JSONField
 from .label_map import LabelMap, LabelMapField
 from .ndarray import NDArrayField
+from .reinforce import ReinforcementField
 from .rgb_image import RGBImageField
 from .topk import TopKField
 from .torch_tensor import TorchTensorField
 
 TYPE_IDS = {cls.TYPE_ID: cls for cls in (FloatField, IntField, RGBImageField, BytesField,
                                           NDArrayField, JSONField, TorchTensorField,
-                                          LabelMapField, TopKField)}
+                                          LabelMapField, TopKField, ReinforcementField)}
 CUSTOM_TYPE_ID = 255
 
 __all__ = ["Encoded", "Field", "RegionTable", "FloatField", "IntField", "RGBImageField",
            "BytesField", "NDArrayField", "JSONField", "TorchTensorField", "LabelMap",
-           "LabelMapField", "TopKField", "TYPE_IDS",
+           "LabelMapField", "TopKField", "ReinforcementField", "TYPE_IDS",
            "CUSTOM_TYPE_ID"]

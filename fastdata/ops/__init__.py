@@ -5,7 +5,8 @@ SimpleRGBImageDecoder) and the others (``decoders``: IntDecoder, FloatDecoder, N
 BytesDecoder, JSONDecoder).  Batch ops: ``tensor`` (ToTensor, ToTorchImage, ToDevice, Normalize,
 NormalizeImage, Squeeze, Convert), RandomHorizontalFlip, and label-aware ops: ``mix`` (Mixup with
 CutMix, OneHot with label smoothing), ``targets`` (TeacherTargets from stored top-k outputs),
-``relabel`` (LabelMapPool: ReLabel soft labels pooled over each crop).  ``resize`` is the writer's
+``relabel`` (LabelMapPool: ReLabel soft labels pooled over each crop), ``replay`` (ReplayedCrop,
+ReplayTargets: dataset-reinforcement records replayed).  ``resize`` is the writer's
 max-resolution downscale; ``resample`` and ``image_kernel`` are the compiled pixel work.
 
 Names are imported on first use, so the writer (which needs ``resize`` only) never imports torch.
@@ -25,6 +26,7 @@ _WHERE = {
     "ToTensor": "tensor", "ToTorchImage": "tensor", "MultiView": "image_decoders",
     "OneHot": "mix", "Mixup": "mix", "TeacherTargets": "targets",
     "LabelMapPool": "relabel", "LabelMapDecoder": "relabel",
+    "ReplayedCrop": "replay", "ReplayTargets": "replay",
 }
 __all__ = sorted(_WHERE)
 

@@ -1,0 +1,325 @@
+"""Replay of Dataset Reinforcement records (ImageNet+, apple/ml-dr) in the loader.
+
+Pipelines (the image decoder prepares first, so the targets see its choice)::
+
+    Loader(path, pipelines={
+        "image": [ReplayedCrop(224, reinforce="reinforce"), ToTensor(), ToTorchImage(), ...],
+        "reinforce": [ReplayTargets(num_classes=1000, densify="smooth", image="image")],
+        "label": None})
+
+- ``ReplayedCrop`` picks, for each sample, one of its NS stored augmentations uniformly with the
+  counter-based RNG keyed (seed, epoch, index, OP_REPLAY); maps its crop box from original to
+  stored pixels (edges scaled by stored/original size and rounded half up; at least one pixel);
+  decodes it with the stored flip bit through the same Numba kernel as RandomResizedCrop; and, for
+  a record with a partner, decodes the partner with ITS stored box and flip (same kernel, in the
+  same worker task, no GIL) and mixes: mixup ``floor(lam * x + (1 - lam) * x2 + 0.5)`` in float64
+  on uint8 pixels, then cutmix (rows r1:r2, columns c1:c2 take the partner's pixels; boxes are
+  rescaled when the output size differs from the field's).
+- ``ReplayTargets`` emits float32 [B, num_classes] targets: the densified top-k of the SAME
+  chosen record (fastdata.ops.targets.densify: 'smooth', 'zeros' or 'renorm').
+
+Every record is validated once when a decoder is bound (boxes inside the original image,
+partner indices in range, cutmix boxes inside the output, class ids < num_classes), so the
+kernel never sees a bad offset.  This streams the whole field once per open Reader.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any, Optional
+
+import numpy as np
+from numba import njit
+
+from .. import jpeg, libturbojpeg
+from ..fields.reinforce import ReinforcementField, first_bad_record
+from ..fields.rgb_image import MODE_JPG
+from ..reader import SampleError
+from ..rng import OP_REPLAY, draws
+from .base import BatchContext, Decoder
+from .image_decoders import ImageDecoder, RandomHorizontalFlip, _dct_denominator
+from .image_kernel import (STATUS_ERROR, STATUS_MISMATCH, STATUS_NEEDS_PYTHON, decode_range,
+                           resize_decoded)
+from .targets import _MODE_IDS, DENSIFY_MODES, densify
+
+_SUMMARIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CHECK_BYTES = 64 << 20
+
+
+def original_and_stored_sizes(reader, image: str) -> tuple[np.ndarray, np.ndarray]:
+    """(original [N, 2], stored [N, 2]) (height, width) of image field ``image``."""
+    k = reader.field_names.index(image)
+    column = reader.metadata[f"f{k}"]
+    stored = np.stack([column["height"], column["width"]], axis=1).astype(np.int64)
+    table = reader.side_table(image)
+    original = stored if table is None else \
+        np.stack([table["height"], table["width"]], axis=1).astype(np.int64)
+    return original, stored
+
+
+def _summary(reader, reinforce: str, image: str) -> dict:
+    """Validate every record of field ``reinforce`` against image field ``image`` (once per
+    reader); returns {'max_id': largest class id}.  ValueError naming sample and augmentation."""
+    cache = _SUMMARIES.setdefault(reader, {})
+    if (reinforce, image) in cache:
+        return cache[(reinforce, image)]
+    field = reader.fields[reinforce]
+    original, _ = original_and_stored_sizes(reader, image)
+    ptrs = reader.payload_ptrs(reinforce).astype(np.int64)
+    n, ns = len(reader), field.num_augs
+    out_h, out_w = field.output_size
+    chunk = max(1, _CHECK_BYTES // field.nbytes)
+    span = np.arange(field.nbytes, dtype=np.int64)
+    max_id = -1
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        recs = reader.data[ptrs[s:e, None] + span].view(field.dtype).reshape(-1)
+        sample = np.repeat(np.arange(s, e), ns)
+        bad = first_bad_record(recs)
+        problems = [] if bad is None else [(bad[0], bad[1])]
+        box = recs["box"].astype(np.int64)
+        orig = original[sample]
+        outside = (box[:, 0] + box[:, 2] > orig[:, 0]) | (box[:, 1] + box[:, 3] > orig[:, 1])
+        partner = recs["partner"].astype(np.int64)
+        has = partner >= 0
+        out_of_range = partner >= n
+        pbox = recs["partner_box"].astype(np.int64)
+        porig = original[np.clip(partner, 0, n - 1)]
+        poutside = has & ~out_of_range & ((pbox[:, 0] + pbox[:, 2] > porig[:, 0])
+                                          | (pbox[:, 1] + pbox[:, 3] > porig[:, 1]))
+        cbox = recs["cutmix_box"].astype(np.int64)
+        coutside = ~np.isnan(recs["cutmix"]) & ((cbox[:, 2] > out_h) | (cbox[:, 3] > out_w))
+        for mask, what in ((outside, "crop box extends beyond the original image"),
+                           (out_of_range, f"partner index >= the number of samples {n}"),
+                           (poutside, "partner crop box extends beyond the partner's original "
+                                      "image"),
+                           (coutside, f"cutmix box extends beyond the {out_h}x{out_w} output")):
+            if mask.any():
+                problems.append((int(np.argmax(mask)), what))
+        if problems:
+            j, what = min(problems)
+            raise ValueError(f"sample {s + j // ns}, augmentation {j % ns}, field {reinforce!r}: "
+                             f"{what}")
+        if recs.size:
+            max_id = max(max_id, int(recs["ids"].max()))
+    cache[(reinforce, image)] = {"max_id": max_id}
+    return cache[(reinforce, image)]
+
+
+def map_boxes(boxes: np.ndarray, original: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """int64[n, 4] boxes in stored pixels from boxes (top, left, height, width) in original
+    pixels: each edge scaled by stored/original and rounded half up, at least one pixel, inside
+    the image.  The identity when the image was stored at its original size."""
+    boxes = boxes.astype(np.float64)
+    sy = stored[:, 0] / original[:, 0]
+    sx = stored[:, 1] / original[:, 1]
+    top = np.floor(boxes[:, 0] * sy + 0.5)
+    bottom = np.floor((boxes[:, 0] + boxes[:, 2]) * sy + 0.5)
+    left = np.floor(boxes[:, 1] * sx + 0.5)
+    right = np.floor((boxes[:, 1] + boxes[:, 3]) * sx + 0.5)
+    top = np.clip(top, 0, stored[:, 0] - 1)
+    left = np.clip(left, 0, stored[:, 1] - 1)
+    bottom = np.clip(bottom, top + 1, stored[:, 0])
+    right = np.clip(right, left + 1, stored[:, 1])
+    return np.ascontiguousarray(np.stack([top, left, bottom - top, right - left], axis=1)
+                                .astype(np.int64))
+
+
+@njit(cache=True, nogil=True)
+def mix_range(out: np.ndarray, partner: np.ndarray, positions: np.ndarray, mixup: np.ndarray,
+              cutmix: np.ndarray, cut_boxes: np.ndarray) -> None:
+    """For m in range(len(positions)): mix partner[m] into out[positions[m]]: mixup
+    (floor(lam x + (1 - lam) x2 + 0.5), float64) when mixup[m] is not NaN, then cutmix (rows
+    r1:r2, columns c1:c2 copied) when cutmix[m] is not NaN."""
+    height, width = out.shape[1], out.shape[2]
+    for m in range(len(positions)):
+        dst = out[positions[m]]
+        src = partner[m]
+        lam = mixup[m]
+        if not np.isnan(lam):
+            for y in range(height):
+                for x in range(width):
+                    for c in range(3):
+                        v = lam * np.float64(dst[y, x, c]) + (1.0 - lam) * np.float64(src[y, x, c])
+                        dst[y, x, c] = np.uint8(np.floor(v + 0.5))
+        if not np.isnan(cutmix[m]):
+            for y in range(cut_boxes[m, 0], cut_boxes[m, 2]):
+                for x in range(cut_boxes[m, 1], cut_boxes[m, 3]):
+                    for c in range(3):
+                        dst[y, x, c] = src[y, x, c]
+
+
+class ReplayedCrop(ImageDecoder):
+    """Replays one stored augmentation per sample from ReinforcementField ``reinforce``: its
+    crop, flip and (with a partner) mixup/cutmix, at ``output_size`` (see the module docstring).
+    The choice is kept in ``ctx.params[image]['replay']`` ('choice', 'records', ...)."""
+
+    def __init__(self, output_size: Any = 224, reinforce: str = "reinforce"):
+        super().__init__(output_size)
+        self.reinforce = reinforce
+
+    def absorb(self, ops: list) -> list:
+        if ops and isinstance(ops[0], RandomHorizontalFlip):
+            raise ValueError("ReplayedCrop replays the stored flip bit: remove the "
+                             "RandomHorizontalFlip after it")
+        return ops
+
+    def bind(self, reader, name: str, field_index: int) -> None:
+        if self.reinforce not in reader.fields:
+            raise ValueError(f"ReplayedCrop: no field {self.reinforce!r} in {reader.path} "
+                             f"(fields: {reader.field_names})")
+        field = reader.fields[self.reinforce]
+        if not isinstance(field, ReinforcementField):
+            raise TypeError(f"ReplayedCrop: field {self.reinforce!r} is a "
+                            f"{type(field).__name__}, not a ReinforcementField")
+        self.bind_image(reader, name, field_index)
+        self.field = field
+        self._rptrs = reader.payload_ptrs(self.reinforce).astype(np.int64)
+        self._span = np.arange(field.record_size, dtype=np.int64)
+        _summary(reader, self.reinforce, name)
+
+    def bind_image(self, reader, name: str, field_index: int) -> None:
+        """Attach to the image field only (for apply_records without a reinforcement field, as
+        the reinforce writer does)."""
+        super().bind(reader, name, field_index)
+        self.field = None
+        self._original = np.stack([self.orig_heights, self.orig_widths], axis=1)
+        self._stored = np.stack([self.heights, self.widths], axis=1)
+
+    def choose(self, ctx: BatchContext) -> np.ndarray:
+        """int64[B]: the record replayed for each sample, uniform over NS, keyed (seed, epoch,
+        index, OP_REPLAY)."""
+        u = draws(ctx.seed, ctx.epoch, ctx.indices, OP_REPLAY, 0)
+        return np.minimum((u * self.field.num_augs).astype(np.int64), self.field.num_augs - 1)
+
+    def gather(self, indices: np.ndarray, choice: np.ndarray) -> np.ndarray:
+        """The chosen records (structured, [B]) of samples ``indices``."""
+        starts = self._rptrs[indices] + choice * self.field.record_size
+        return self.reader.data[starts[:, None] + self._span].view(self.field.dtype).reshape(-1)
+
+    def prepare(self, ctx: BatchContext, out: Any) -> None:
+        choice = self.choose(ctx)
+        self.apply_records(ctx, self.gather(ctx.indices, choice), choice)
+
+    def apply_records(self, ctx: BatchContext, recs: np.ndarray,
+                      choice: Optional[np.ndarray] = None,
+                      generated_size: Optional[tuple[int, int]] = None) -> None:
+        """Set this batch's params from explicit records (one per ctx.indices, already valid
+        for this file): what prepare does after choosing."""
+        idx = ctx.indices
+        original, stored = self._original[idx], self._stored[idx]
+        boxes = map_boxes(recs["box"], original, stored)
+        flips = np.ascontiguousarray(recs["flip"].astype(np.uint8))
+        partner = recs["partner"].astype(np.int64)
+        pos = np.flatnonzero(partner >= 0).astype(np.int64)
+        pidx = np.ascontiguousarray(partner[pos])
+        pboxes = map_boxes(recs["partner_box"][pos], self._original[pidx], self._stored[pidx])
+        out_h, out_w = self.output_size
+        gen_h, gen_w = generated_size or (self.field.output_size if self.field is not None
+                                          else self.output_size)
+        cbox = recs["cutmix_box"][pos].astype(np.float64)
+        if (gen_h, gen_w) != (out_h, out_w):
+            cbox = np.floor(cbox * np.array([out_h / gen_h, out_w / gen_w] * 2) + 0.5)
+        cbox = np.clip(cbox, 0, [out_h, out_w, out_h, out_w]).astype(np.int64)
+        ctx.params[self.name] = {
+            "boxes": boxes, "flips": flips, "sizes": stored, "original_sizes": original,
+            "output_size": self.output_size, "all_boxes": boxes[None], "all_flips": flips[None],
+            "replay": {
+                "field": self.reinforce, "choice": choice, "records": recs,
+                "partner_positions": pos, "partner_indices": pidx,
+                "partner_boxes": np.ascontiguousarray(pboxes[None]),
+                "partner_flips": np.ascontiguousarray(
+                    recs["partner_flip"][pos].astype(np.uint8)[None]),
+                "mixup": np.ascontiguousarray(recs["mixup"][pos].astype(np.float64)),
+                "cutmix": np.ascontiguousarray(recs["cutmix"][pos].astype(np.float64)),
+                "cutmix_boxes": np.ascontiguousarray(cbox)}}
+
+    def decode_range(self, ctx: BatchContext, start: int, stop: int, out: Any,
+                     worker: dict) -> None:
+        super().decode_range(ctx, start, stop, out, worker)
+        rp = ctx.params[self.name]["replay"]
+        pos = rp["partner_positions"]
+        m0, m1 = np.searchsorted(pos, start), np.searchsorted(pos, stop)
+        n = int(m1 - m0)
+        if n == 0:
+            return
+        buf = worker.get("partner")
+        if buf is None or len(buf) < n:
+            buf = worker["partner"] = np.empty((max(n, 4), *self.output_size, 3), np.uint8)
+            worker["partner_status"] = np.zeros(len(buf), dtype=np.int64)
+        status = worker["partner_status"]
+        pidx = rp["partner_indices"][m0:m1]
+        pboxes = np.ascontiguousarray(rp["partner_boxes"][:, m0:m1])
+        pflips = np.ascontiguousarray(rp["partner_flips"][:, m0:m1])
+        decode_range(self.reader.data, self.modes, self.ptrs, self.sizes, self.widths,
+                     self.heights, pidx, pboxes, pflips, 0, n, (buf,), worker["region"],
+                     worker["scratch"], worker["handle"], libturbojpeg.AVAILABLE, status)
+        for m in range(n):
+            if status[m] == STATUS_NEEDS_PYTHON:
+                self._decode_one_python(int(pidx[m]), pboxes[0, m], bool(pflips[0, m]), buf[m],
+                                        worker)
+            elif status[m] in (STATUS_ERROR, STATUS_MISMATCH):
+                raise SampleError(int(pidx[m]), self.name,
+                                  f"cannot decode JPEG (mixing partner of sample "
+                                  f"{int(ctx.indices[pos[m0 + m]])})")
+        mix_range(out, buf, pos[m0:m1], rp["mixup"][m0:m1], rp["cutmix"][m0:m1],
+                  rp["cutmix_boxes"][m0:m1])
+
+    def _decode_one_python(self, index: int, box: np.ndarray, flip: bool, dst: np.ndarray,
+                           worker: dict) -> None:
+        """Without libturbojpeg 3: the partner's JPEG through simplejpeg, then the same resize."""
+        ptr, size = int(self.ptrs[index]), int(self.sizes[index])
+        denom = _dct_denominator(int(box[2]), int(box[3]), dst.shape[0], dst.shape[1])
+        try:
+            rgb = jpeg.simplejpeg.decode_jpeg(
+                self.reader.data[ptr:ptr + size], colorspace="RGB",
+                min_height=-(-int(self.heights[index]) // denom),
+                min_width=-(-int(self.widths[index]) // denom))
+        except (ValueError, RuntimeError) as err:
+            raise SampleError(index, self.name, f"cannot decode JPEG: {err}") from None
+        sy, sx = rgb.shape[0] / self.heights[index], rgb.shape[1] / self.widths[index]
+        resize_decoded(rgb, box[0] * sy, box[1] * sx, box[2] * sy, box[3] * sx, dst, flip,
+                       worker["scratch"])
+
+
+class ReplayTargets(Decoder):
+    """ReinforcementField -> float32 [B, num_classes]: the densified teacher top-k of the record
+    that the ReplayedCrop of image field ``image`` chose for each sample."""
+
+    def __init__(self, num_classes: int = 1000, densify: str = "smooth", image: str = "image"):
+        if densify not in DENSIFY_MODES:
+            raise ValueError(f"densify must be one of {DENSIFY_MODES}, got {densify!r}")
+        self.num_classes = int(num_classes)
+        self.densify = densify
+        self.image = image
+
+    def bind(self, reader, name, field_index):
+        field = reader.fields[name]
+        if not isinstance(field, ReinforcementField):
+            raise TypeError(f"ReplayTargets cannot decode field {name!r} of type "
+                            f"{type(field).__name__}")
+        if self.image not in reader.fields:
+            raise ValueError(f"ReplayTargets: no image field {self.image!r} in {reader.path}")
+        super().bind(reader, name, field_index)
+        if self.num_classes < field.top_k:
+            raise ValueError(f"num_classes {self.num_classes} < top_k {field.top_k}")
+        max_id = _summary(reader, name, self.image)["max_id"]
+        if max_id >= self.num_classes:
+            raise ValueError(f"field {name!r}: class id {max_id} >= num_classes "
+                             f"{self.num_classes}")
+
+    def sample_shape(self, batch_size):
+        return (self.num_classes,), np.float32
+
+    def prepare(self, ctx: BatchContext, out: np.ndarray) -> None:
+        replay = ctx.params.get(self.image, {}).get("replay")
+        if replay is None or replay["field"] != self.name:
+            raise ValueError(f"ReplayTargets needs the pipeline of {self.image!r} to start with "
+                             f"ReplayedCrop(..., reinforce={self.name!r})")
+        recs = replay["records"]
+        densify(recs["ids"].astype(np.int64), recs["probs"].astype(np.float32),
+                _MODE_IDS[self.densify], out[:len(ctx.indices)])
+
+
+__all__ = ["ReplayedCrop", "ReplayTargets", "map_boxes", "mix_range",
+           "original_and_stored_sizes"]

@@ -1,0 +1,430 @@
+"""Dataset Reinforcement: the field, replay in the loader, the reinforce writer and the ImageNet+
+importer."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastdata  # noqa: E402
+from fastdata import DatasetWriter, FormatError, IntField, Loader, RGBImageField  # noqa: E402
+from fastdata.demo import synthetic_photo  # noqa: E402
+from fastdata.fields import TYPE_IDS, ReinforcementField  # noqa: E402
+from fastdata.fields.reinforce import UnsupportedAugmentation, record_dtype  # noqa: E402
+from fastdata.ops.replay import ReplayedCrop, ReplayTargets  # noqa: E402
+from fastdata.rng import OP_REPLAY, draws  # noqa: E402
+from writers.reinforce import import_imagenet_plus, reinforce  # noqa: E402
+
+N, C, K, NS, OUT = 24, 12, 3, 4, 32
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def _images(n=N, seed=0):
+    rng = np.random.default_rng(seed)
+    return [synthetic_photo(np.random.default_rng((seed, i)), int(rng.integers(50, 110)),
+                            int(rng.integers(50, 110))) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """image (JPEG and raw, some shrunk by max_resolution: original size != stored) + label."""
+    path = str(tmp_path_factory.mktemp("reinforce") / "plain.beton")
+    DatasetWriter(path, {"image": RGBImageField("proportion", max_resolution=80, seed=1),
+                         "label": IntField()}, page_size=1 << 21, num_workers=2,
+                  progress=False).from_indexed_dataset([(im, i % C) for i, im in
+                                                        enumerate(_images())])
+    return path
+
+
+class Teacher(torch.nn.Module):
+    """A fixed random conv + linear; records every input batch it sees."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+        self.fc = torch.nn.Linear(8, C)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().cpu().clone())
+        return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module", params=["plain", "mixed"])
+def reinforced(request, plain, tmp_path_factory):
+    teacher = Teacher()
+    out = str(tmp_path_factory.mktemp("r") / f"{request.param}.beton")
+    mix = dict(mixup_p=0.5, cutmix_p=0.5) if request.param == "mixed" else {}
+    reinforce(plain, teacher, out, num_augs=NS, top_k=K, batch_size=10, device="cpu", seed=3,
+              output_size=OUT, num_workers=2, progress=False, **mix)
+    seen = torch.cat(teacher.seen)
+    pixels = ((seen * STD + MEAN) * 255).round().clamp(0, 255).to(torch.uint8)
+    return out, pixels.permute(0, 2, 3, 1).numpy().reshape(N, NS, OUT, OUT, 3), request.param
+
+
+def _loader(path, densify="smooth", epoch_seed=0, batch_size=8, order="random"):
+    return Loader(path, batch_size=batch_size, num_workers=2, order=order, seed=epoch_seed,
+                  drop_last=False, pipelines={
+                      "image": [ReplayedCrop(OUT)],
+                      "reinforce": [ReplayTargets(C, densify, image="image")],
+                      "label": [fastdata.ops.IntDecoder()]})
+
+
+# -- the field ------------------------------------------------------------------------------------
+def _dict_records(rng, h=60, w=70, partner=None):
+    out = []
+    for j in range(NS):
+        r = {"box": (1, 2, 30, 40), "flip": j % 2, "ids": rng.choice(C, K, replace=False),
+             "probs": rng.dirichlet(np.ones(C))[:K]}
+        if partner is not None and j == 0:
+            r.update(partner=partner, partner_box=(0, 0, 10, 10), partner_flip=True, mixup=0.25,
+                     cutmix=0.5, cutmix_box=(1, 2, 5, 6))
+        out.append(r)
+    return out
+
+
+def test_registry_and_round_trip(tmp_path):
+    assert TYPE_IDS[101] is ReinforcementField
+    rng = np.random.default_rng(0)
+    values = [_dict_records(rng, partner=1), _dict_records(rng)]
+    path = str(tmp_path / "f.beton")
+    DatasetWriter(path, {"r": ReinforcementField(NS, K, (20, 30))}, page_size=1 << 21,
+                  progress=False).from_indexed_dataset([(v,) for v in values])
+    reader = fastdata.Reader(path)
+    field = reader.fields["r"]
+    assert (field.num_augs, field.top_k, field.output_size) == (NS, K, (20, 30))
+    assert field.dtype.itemsize == 54 + 4 * K and not field.dtype.isalignedstruct
+    recs = reader.read(0, "r")
+    assert recs.dtype == record_dtype(K) and len(recs) == NS
+    assert recs["box"][1].tolist() == [1, 2, 30, 40] and recs["flip"].tolist() == [0, 1, 0, 1]
+    assert recs["partner"].tolist() == [1, -1, -1, -1]
+    assert recs["cutmix_box"][0].tolist() == [1, 2, 5, 6] and recs["mixup"][0] == 0.25
+    assert np.isnan(recs["mixup"][1]) and np.isnan(recs["cutmix"][1])
+    assert recs["ids"][2].tolist() == values[0][2]["ids"].tolist()
+    assert np.allclose(recs["probs"][2], values[0][2]["probs"].astype(np.float16))
+    # a structured array round-trips too
+    assert ReinforcementField(NS, K).as_records(recs).tobytes() == recs.tobytes()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r[0].update(box=(-1, 0, 5, 5)), "crop box"),
+    (lambda r: r[0].update(box=(0, 0, 0, 5)), "crop box"),
+    (lambda r: r[1].update(mixup=0.3), "without a partner"),
+    (lambda r: r[1].update(partner=2, partner_box=(0, 0, 3, 3)), "neither mixup"),
+    (lambda r: r[1].update(partner=2, partner_box=(0, 0, 3, 3), mixup=1.5), "mixup lambda"),
+    (lambda r: r[2].update(ids=[1, 1, 2]), "distinct"),
+    (lambda r: r[2].update(probs=[np.nan, 0.1, 0.1]), "finite"),
+    (lambda r: r[3].update(rand_augment=[(1, 9.0)]), "replays crop, flip, mixup and cutmix only"),
+    (lambda r: r[3].update(random_erase=(1, 1, 5, 5)), "replays crop, flip"),
+    (lambda r: r.pop(), "expected 4"),
+])
+def test_encode_rejects(change, message):
+    recs = _dict_records(np.random.default_rng(1))
+    change(recs)
+    with pytest.raises(ValueError, match=message):
+        ReinforcementField(NS, K).encode(recs, 0)
+
+
+def test_unsupported_is_its_own_error():
+    recs = _dict_records(np.random.default_rng(1))
+    recs[0]["random_erase"] = (0, 0, 3, 3)
+    with pytest.raises(UnsupportedAugmentation):
+        ReinforcementField(NS, K).encode(recs, 0)
+
+
+def _write_with(tmp_path, records_of):
+    images = _images(4)
+    path = str(tmp_path / "bad.beton")
+    DatasetWriter(path, {"image": RGBImageField("raw"), "reinforce": ReinforcementField(NS, K)},
+                  page_size=1 << 21, progress=False).from_indexed_dataset(
+        [(im, records_of(i, im)) for i, im in enumerate(images)])
+    return path
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(box=(0, 0, 500, 5)), "beyond the original image"),
+    (dict(partner=99, partner_box=(0, 0, 3, 3), mixup=0.2), "partner index"),
+    (dict(partner=1, partner_box=(0, 0, 3, 900), mixup=0.2), "partner's original"),
+    (dict(partner=1, partner_box=(0, 0, 3, 3), cutmix=0.2, cutmix_box=(0, 0, 300, 3)),
+     "cutmix box"),
+])
+def test_bind_validates_against_the_file(tmp_path, bad, message):
+    rng = np.random.default_rng(2)
+
+    def records_of(i, im):
+        recs = _dict_records(rng)
+        if i == 2:
+            recs[1].update(bad)
+        return recs
+    path = _write_with(tmp_path, records_of)
+    with pytest.raises(ValueError, match=f"sample 2, augmentation 1.*{message}"):
+        Loader(path, batch_size=2, pipelines={"image": [ReplayedCrop(OUT)]})
+
+
+def test_bind_checks_class_ids_and_pipeline(tmp_path):
+    path = _write_with(tmp_path, lambda i, im: _dict_records(np.random.default_rng(i)))
+    with pytest.raises(ValueError, match="num_classes"):
+        Loader(path, batch_size=2, pipelines={"image": [ReplayedCrop(OUT)],
+                                              "reinforce": [ReplayTargets(K + 1)]})
+    loader = Loader(path, batch_size=2, pipelines={"image": [fastdata.ops.CenterCrop(OUT)],
+                                                   "reinforce": [ReplayTargets(C)]})
+    with pytest.raises(ValueError, match="ReplayedCrop"):
+        next(iter(loader))
+    with pytest.raises(ValueError, match="stored flip"):
+        Loader(path, batch_size=2, pipelines={
+            "image": [ReplayedCrop(OUT), fastdata.ops.RandomHorizontalFlip()]})
+
+
+def test_unknown_type_id_is_rejected(tmp_path):
+    path = _write_with(tmp_path, lambda i, im: _dict_records(np.random.default_rng(i)))
+    data = bytearray(open(path, "rb").read())
+    from fastdata import format as fmt
+    desc = fmt.HEADER_SIZE + fmt.FIELD_DESC_DTYPE.itemsize  # field 1 = reinforce
+    assert data[desc] == 101
+    data[desc] = 177
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(FormatError, match="177"):
+        fastdata.Reader(path)
+
+
+# -- replay ---------------------------------------------------------------------------------------
+def _run_epoch(loader, epoch):
+    loader.load_state_dict({"epoch": epoch, "batch": 0})
+    images, targets, labels = [], [], []
+    for x, t, lab in loader:
+        images.append(x.numpy().copy())
+        targets.append(t.numpy().copy())
+        labels.append(lab.numpy().reshape(-1).copy())
+    return np.concatenate(images), np.concatenate(targets), np.concatenate(labels)
+
+
+def test_choice_uniform_and_deterministic(reinforced):
+    path, _, _ = reinforced
+    idx = np.arange(N, dtype=np.int64)
+    counts = np.zeros(NS)
+    choices = []
+    for epoch in range(200):
+        c = np.minimum((draws(5, epoch, idx, OP_REPLAY, 0) * NS).astype(int), NS - 1)
+        counts += np.bincount(c, minlength=NS)
+        choices.append(c)
+    expected = 200 * N / NS
+    assert np.all(np.abs(counts - expected) < 4 * np.sqrt(expected))
+    assert not np.array_equal(choices[0], choices[1])
+    a = _run_epoch(_loader(path, epoch_seed=5), 3)
+    b = _run_epoch(_loader(path, epoch_seed=5), 3)
+    c = _run_epoch(_loader(path, epoch_seed=5), 4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(np.sort(a[1], axis=0), np.sort(c[1], axis=0))
+
+
+def _decode_order(loader, epoch):
+    return loader.epoch_indices(epoch)
+
+
+@pytest.mark.parametrize("mode", ["smooth", "zeros"])
+def test_replay_reproduces_the_teachers_view_and_target(reinforced, mode):
+    """The loader's uint8 crop for the chosen record is, pixel for pixel, what the writer showed
+    the teacher; the target is that record's densified top-k."""
+    from fastdata.ops.targets import _MODE_IDS, densify
+    path, seen, _ = reinforced
+    reader = fastdata.Reader(path)
+    loader = _loader(path, densify=mode, epoch_seed=7)
+    for epoch in (0, 1):
+        images, targets, labels = _run_epoch(loader, epoch)
+        order = _decode_order(loader, epoch)
+        choice = np.minimum((draws(7, epoch, order, OP_REPLAY, 0) * NS).astype(int), NS - 1)
+        assert np.array_equal(labels, [reader.read(int(i), "label") for i in order])
+        for k, (i, j) in enumerate(zip(order, choice)):
+            assert np.array_equal(images[k], seen[i, j]), (i, j)
+            rec = reader.read(int(i), "reinforce")[j]
+            ref = np.zeros((1, C), np.float32)
+            densify(rec["ids"][None].astype(np.int64), rec["probs"][None].astype(np.float32),
+                    _MODE_IDS[mode], ref)
+            assert np.allclose(targets[k], ref[0])
+
+
+def test_teacher_targets_are_its_top_k(reinforced, plain):
+    path, seen, _ = reinforced
+    reader = fastdata.Reader(path)
+    teacher = Teacher()
+    x = (torch.from_numpy(seen[3]).permute(0, 3, 1, 2).float() / 255 - MEAN) / STD
+    with torch.no_grad():
+        p, i = torch.softmax(teacher(x), 1).topk(K, 1)
+    recs = reader.read(3, "reinforce")
+    assert np.array_equal(recs["ids"], i.numpy())
+    assert np.allclose(recs["probs"], p.numpy(), atol=1e-3)
+    # input fields copied byte for byte (images not re-encoded), side table kept
+    src = fastdata.Reader(plain)
+    for k in range(N):
+        assert bytes(src.payload(k, "image")) == bytes(reader.payload(k, "image"))
+        assert src.original_size(k, "image") == reader.original_size(k, "image")
+        assert src.read(k, "label") == reader.read(k, "label")
+
+
+def test_mixing_replay_matches_reference(reinforced):
+    """Mixed records: the replayed image is mixup/cutmix of the two crops decoded alone."""
+    path, _, kind = reinforced
+    reader = fastdata.Reader(path)
+    loader = _loader(path, epoch_seed=11)
+    images, _, _ = _run_epoch(loader, 0)
+    order = _decode_order(loader, 0)
+    choice = np.minimum((draws(11, 0, order, OP_REPLAY, 0) * NS).astype(int), NS - 1)
+    # Each sample's and each partner's crop alone, through a loader over single-record files.
+    solo = ReplayedCrop(OUT)
+    solo.bind_image(reader, "image", 0)
+    solo.batch_size = 1
+    state = solo.make_worker_state()
+    mixed = 0
+    for k, (i, j) in enumerate(zip(order, choice)):
+        rec = reader.read(int(i), "reinforce")[j:j + 1].copy()
+        if rec["partner"][0] < 0:
+            continue
+        mixed += 1
+        crops = []
+        for idx, box, flip in ((i, rec["box"][0], rec["flip"][0]),
+                               (rec["partner"][0], rec["partner_box"][0], rec["partner_flip"][0])):
+            single = np.zeros(1, rec.dtype)
+            single["box"], single["flip"], single["partner"] = box, flip, -1
+            single["mixup"] = single["cutmix"] = np.nan
+            ctx = fastdata.ops.BatchContext(indices=np.array([idx], np.int64), epoch=0, seed=0,
+                                            slot=0)
+            solo.apply_records(ctx, single)
+            out = np.zeros((1, OUT, OUT, 3), np.uint8)
+            solo.decode_range(ctx, 0, 1, out, state)
+            crops.append(out[0].astype(np.float64))
+        x, x2 = crops
+        ref = x.copy()
+        if not np.isnan(rec["mixup"][0]):
+            lam = float(rec["mixup"][0])
+            ref = np.floor(lam * x + (1 - lam) * x2 + 0.5)
+        if not np.isnan(rec["cutmix"][0]):
+            r1, c1, r2, c2 = rec["cutmix_box"][0]
+            ref[r1:r2, c1:c2] = x2[r1:r2, c1:c2]
+        assert np.array_equal(images[k], ref.astype(np.uint8)), (i, j)
+    solo.release_worker_state(state)
+    assert (mixed > 0) == (kind == "mixed")
+
+
+# -- ImageNet+ import ----------------------------------------------------------------------------
+def _ml_dr_files(folder, plain, mixing=False, ns=NS, k=K, extra=()):
+    reader = fastdata.Reader(plain)
+    rng = np.random.default_rng(4)
+    expected = []
+    for i in range(N):
+        w, h = reader.original_size(i, "image")
+        recs = []
+        for j in range(ns):
+            bh, bw = int(rng.integers(5, h + 1)), int(rng.integers(5, w + 1))
+            box = (int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1)), bh, bw)
+            flip = bool(rng.integers(2))
+            ids = rng.choice(C, k, replace=False).tolist()
+            probs = rng.dirichlet(np.ones(C))[:k].tolist()
+            if mixing:
+                if j == 0:
+                    p = (i + 1) % N
+                    pw, ph = reader.original_size(p, "image")
+                    P = [p, [box, (0, 0, ph, pw)], [flip, True], 0.25, [0.6, 1, 2, 9, 10]]
+                else:
+                    P = [None, box, flip, None, None]
+            else:
+                P = [box, flip, *extra]
+            recs.append({"params": P, "prob": (probs, ids)})
+            expected.append((i, j, box, flip, ids, probs))
+        torch.save((i, recs), str(folder / f"{i}.pth.tar"))
+    return expected
+
+
+def test_imagenet_plus_import(tmp_path, plain):
+    folder = tmp_path / "rd"
+    folder.mkdir()
+    expected = _ml_dr_files(folder, plain)
+    out = str(tmp_path / "plus.beton")
+    import_imagenet_plus(plain, str(folder), out, num_workers=2, progress=False,
+                         output_size=OUT)
+    reader = fastdata.Reader(out)
+    assert reader.fields["reinforce"].num_augs == NS and reader.fields["reinforce"].top_k == K
+    for i, j, box, flip, ids, probs in expected:
+        rec = reader.read(i, "reinforce")[j]
+        assert tuple(rec["box"]) == box and bool(rec["flip"]) == flip
+        assert rec["ids"].tolist() == ids and rec["partner"] == -1
+        assert np.allclose(rec["probs"], np.float16(probs))
+    images, targets, _ = _run_epoch(_loader(out), 0)
+    assert images.shape == (N, OUT, OUT, 3) and np.allclose(targets.sum(1), 1, atol=1e-3)
+
+
+def test_imagenet_plus_mixing_import(tmp_path, plain):
+    folder = tmp_path / "rdm"
+    folder.mkdir()
+    _ml_dr_files(folder, plain, mixing=True)
+    out = str(tmp_path / "plusm.beton")
+    import_imagenet_plus(plain, str(folder), out, output_size=OUT, num_workers=2, progress=False,
+                         transforms=["random_resized_crop", "random_horizontal_flip", "mixup",
+                                     "cutmix"])
+    rec = fastdata.Reader(out).read(5, "reinforce")
+    assert rec["partner"].tolist() == [6, -1, -1, -1] and rec["partner_flip"][0] == 1
+    assert rec["mixup"][0] == 0.25 and np.isclose(rec["cutmix"][0], 0.6)
+    assert rec["cutmix_box"][0].tolist() == [1, 2, 9, 10]
+    _run_epoch(_loader(out), 0)
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda f: torch.save((4, []), f / "3.pth.tar"), r"3\.pth\.tar: holds index 4"),
+    (lambda f: torch.save((3, [{"params": [(0, 0, 5, 5)], "prob": ([0.5] * K, [1, 2, 3])}] * NS),
+                          f / "3.pth.tar"), r"3\.pth\.tar: record 0: params should be"),
+    (lambda f: torch.save((3, [{"params": [(0, 0, 5000, 5), False],
+                                "prob": ([0.5] * K, [1, 2, 3])}] * NS), f / "3.pth.tar"),
+     r"3\.pth\.tar: record 0: crop .* outside"),
+    (lambda f: torch.save((3, [{"params": [(0, 0, 5, 5), False],
+                                "prob": ([0.5] * K, [1, 2, 3])}] * (NS - 1)), f / "3.pth.tar"),
+     r"3\.pth\.tar: 3 records, expected 4"),
+    (lambda f: (f / "3.pth.tar").write_bytes(b"not a pickle"), r"3\.pth\.tar: cannot load"),
+    (lambda f: (f / "3.pth.tar").unlink(), r"3\.pth\.tar: missing"),
+])
+def test_imagenet_plus_rejects_malformed(tmp_path, plain, corrupt, message):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    _ml_dr_files(folder, plain)
+    corrupt(folder)
+    with pytest.raises(Exception, match=message):
+        import_imagenet_plus(plain, str(folder), str(tmp_path / "x.beton"), num_workers=2,
+                             progress=False, output_size=OUT)
+    assert not (tmp_path / "x.beton").exists()
+
+
+def test_imagenet_plus_rejects_rand_augment(tmp_path, plain):
+    folder = tmp_path / "ra"
+    folder.mkdir()
+    _ml_dr_files(folder, plain, extra=(None, None))
+    torch.save((2, [{"params": [(0, 0, 5, 5), False, [(5, 9.0), (1, -3.0)], None],
+                     "prob": ([0.5] * K, [1, 2, 3])}] * NS), folder / "2.pth.tar")
+    with pytest.raises(Exception, match=r"2\.pth\.tar: record 0: has rand_augment parameters"):
+        import_imagenet_plus(plain, str(folder), str(tmp_path / "x.beton"), num_workers=2,
+                             progress=False, output_size=OUT,
+                             transforms=["random_resized_crop", "random_horizontal_flip",
+                                         "rand_augment", "random_erase"])
+
+
+def test_command_line_writes_a_reinforced_file(tmp_path, plain, monkeypatch, capsys):
+    from fastdata.cli import main
+    (tmp_path / "tiny_teacher.py").write_text(
+        "import torch\n"
+        "torch.manual_seed(0)\n"
+        "model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),\n"
+        "                            torch.nn.Linear(3, 12))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "reinforced.beton"
+    status = main(["write", "reinforce", "--data", plain, "--teacher", "tiny_teacher:model",
+                   "--num-augs", "3", "--top-k", "4", "--out", str(out), "--device", "cpu",
+                   "--quiet"])
+    assert status == 0, capsys.readouterr()
+    reader = fastdata.Reader(out)
+    assert "reinforce" in reader.fields and len(reader) == len(fastdata.Reader(plain))
+    field = reader.fields["reinforce"]
+    assert (field.num_augs, field.top_k) == (3, 4)
+    with pytest.raises(SystemExit) as usage:          # neither --teacher nor --imagenet-plus
+        main(["write", "reinforce", "--data", plain, "--out", str(out)])
+    assert usage.value.code == 2
