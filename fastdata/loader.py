@@ -6,10 +6,11 @@ collected: no thread outlives it).  The producer takes batch after batch of the 
 lets each field's decoder prepare it, hands the per-sample image work to the workers in small
 chunks (Numba kernels that hold no GIL), runs the batch ops, and queues the finished batch.
 
-Batches live in a ring of ``batches_ahead + 2`` slots allocated once per Loader: one being
-filled, up to ``batches_ahead`` queued, one held by the training loop.  Tensors a batch returns
-on the CPU share the slot's memory, so they stay valid until ``batches_ahead + 1`` further
-batches have been taken (as in FFCV); copy them to keep them longer.
+Batches live in a ring of ``batches_ahead + 3`` slots allocated once per Loader: one decoding,
+one finishing its batch ops (which overlap the next batch's decoding), up to ``batches_ahead``
+queued, one held by the training loop.  Tensors a batch returns on the CPU share the slot's
+memory: they stay valid until the training loop takes the next batch (as in FFCV); ``.clone()``
+what you keep longer.
 """
 from __future__ import annotations
 
@@ -152,7 +153,9 @@ class Loader:
         self.pipeline_names = tuple(
             p.name if v == 0 else f"{p.name}_{v}" for p in self.pipelines
             for v in range(len(p.decoder.views) if isinstance(p.decoder, ImageDecoder) else 1))
-        self.ring_size = self.batches_ahead + 2
+        # batches_ahead queued + one held by the training loop + one finishing its batch ops +
+        # one decoding: the batch ops of one batch overlap the decoding of the next.
+        self.ring_size = self.batches_ahead + 3
         for p in self.pipelines:
             for op in p.ops:
                 op.setup(self.ring_size)
@@ -389,19 +392,26 @@ class _Producer:
 
     def _run(self) -> None:
         try:
+            pending = None
             for b, indices in enumerate(self.batches):
                 if self.stop.is_set():
                     return
-                batch = self._make_batch(self.first_batch + b, indices)
-                if not self._put(batch):
+                # Start decoding batch b, then finish batch b - 1 (its batch ops run in this
+                # thread) while the workers decode: batch ops never leave the workers idle.
+                started = self._start_batch(self.first_batch + b, indices)
+                if pending is not None and not self._put(self._finish_batch(*pending)):
                     return
+                pending = started
+            if pending is not None and not self._put(self._finish_batch(*pending)):
+                return
             self._put(_DONE)
         except BaseException as err:
             self._put(err)
         finally:
             self.pool.close()
 
-    def _make_batch(self, batch_number: int, indices: np.ndarray) -> tuple:
+    def _start_batch(self, batch_number: int, indices: np.ndarray) -> tuple:
+        """Draw the batch's parameters, run the decoders' serial part, queue the parallel part."""
         loader = self.loader
         slot = batch_number % loader.ring_size
         ctx = BatchContext(indices=indices, epoch=self.epoch, seed=loader.seed, slot=slot,
@@ -422,11 +432,17 @@ class _Producer:
             p.decoder.prepare(ctx, outs[k])
             if p.decoder.parallel:
                 tasks += [(k, s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
-        if tasks:
-            job = _Job(len(tasks))
-            for k, start, stop in tasks:
-                self.pool.tasks.put((job, k, ctx, start, stop, outs[k]))
-            job.wait()
+        job = _Job(len(tasks))
+        for k, start, stop in tasks:
+            self.pool.tasks.put((job, k, ctx, start, stop, outs[k]))
+        return batch_number, ctx, outs, job
+
+    def _finish_batch(self, batch_number: int, ctx: BatchContext, outs: list, job: "_Job"
+                      ) -> tuple:
+        """Wait for the workers, then run the batch ops: the finished batch for the queue."""
+        job.wait()
+        loader = self.loader
+        n = len(ctx.indices)
         results = []
         with (torch.cuda.stream(self.stream) if self.stream is not None else _null()):
             for k, p in enumerate(loader.pipelines):
@@ -446,7 +462,7 @@ class _Producer:
             if self.stream is not None:
                 ready = torch.cuda.Event()
                 ready.record(self.stream)
-                self.events[slot] = ready
+                self.events[ctx.slot] = ready
         return batch_number, tuple(results), ready
 
     def close(self) -> None:

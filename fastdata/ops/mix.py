@@ -315,12 +315,10 @@ def _move_patches_dense(flat: np.ndarray, shape: np.ndarray, rows: np.ndarray,
         o = offsets[t]
         for y in range(y0, y1):
             base = ((k * height + y) * width + x0) * channels
-            if take:
-                for q in range(run):
-                    patches[o + q] = flat[base + q]
+            if take:                 # slice copies: Numba lowers them to memcpy-speed loops
+                patches[o:o + run] = flat[base:base + run]
             else:
-                for q in range(run):
-                    flat[base + q] = patches[o + q]
+                flat[base:base + run] = patches[o:o + run]
             o += run
 
 
