@@ -6,7 +6,6 @@ A user mistake (missing folder, corrupt file, bad option) prints one line starti
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from typing import Optional, Sequence

@@ -15,8 +15,7 @@ import fastdata  # noqa: E402
 from fastdata import DatasetWriter, IntField, Loader, RGBImageField  # noqa: E402
 from fastdata.demo import synthetic_photo  # noqa: E402
 from fastdata.ops import (CenterCrop, IntDecoder, Normalize, RandomHorizontalFlip,  # noqa: E402
-                          RandomResizedCrop, SimpleRGBImageDecoder, Squeeze, ToTensor,
-                          ToTorchImage)
+                          RandomResizedCrop, Squeeze, ToTensor, ToTorchImage)
 from fastdata.ops.resample import resize_crop_reference  # noqa: E402
 from fastdata.rng import OP_CROP, make_key, uniform  # noqa: E402
 

@@ -8,7 +8,7 @@ import fastdata  # noqa: E402
 from fastdata import DatasetWriter, IntField, Loader, RGBImageField  # noqa: E402
 from fastdata.demo import synthetic_photo  # noqa: E402
 from fastdata.ops import (IntDecoder, RandomHorizontalFlip, RandomResizedCrop,  # noqa: E402
-                          Squeeze, ToTensor, ToTorchImage)
+                          Squeeze, ToTensor)
 from fastdata.ops.image_decoders import MultiView  # noqa: E402
 from fastdata.ops.resample import resize_crop_reference  # noqa: E402
 

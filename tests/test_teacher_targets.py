@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 import fastdata  # noqa: E402
 from fastdata import DatasetWriter, FormatError, IntField, Loader  # noqa: E402
 from fastdata.fields.topk import TopKField  # noqa: E402
-from fastdata.ops.targets import TeacherTargets, densify  # noqa: E402
+from fastdata.ops.targets import TeacherTargets  # noqa: E402
 
 C, K = 20, 4
 

@@ -122,3 +122,26 @@ def check_ptr_column(ptrs: np.ndarray, sizes: np.ndarray, regions: RegionTable, 
         bad = int(np.argmax(too_big))
         raise FormatError(f"sample {bad}, field {name!r}: value of {int(sizes[bad])} bytes does "
                           f"not fit its allocated region of {int(available[bad])} bytes")
+
+
+class FixedSizeField(Field):
+    """A field whose every value is ``nbytes`` bytes in the data pages and whose metadata is
+    just the pointer to them (NDArrayField and fastdata's label-map, top-k and reinforcement
+    fields).  Subclasses set ``self.nbytes`` and implement encode and decode."""
+
+    nbytes: int
+
+    @property
+    def metadata_dtype(self) -> np.dtype:
+        return np.dtype("<u8")
+
+    def metadata_record(self, meta: Any, ptr: int) -> int:
+        return ptr
+
+    def payload_ptrs(self, column: np.ndarray) -> np.ndarray:
+        return column
+
+    def payload_sizes(self, column: np.ndarray, regions: RegionTable, name: str) -> np.ndarray:
+        sizes = np.full(len(column), self.nbytes, dtype=np.uint64)
+        check_ptr_column(column, sizes, regions, name)
+        return sizes

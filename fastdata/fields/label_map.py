@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from ..format import ARGUMENTS_SIZE, FormatError
-from .base import Encoded, Field, RegionTable, check_ptr_column
+from .base import Encoded, FixedSizeField
 
 ARGS_MAGIC = b"FDLM"
 ARGS_VERSION = 1
@@ -64,7 +64,7 @@ def _where(mask: np.ndarray) -> tuple:
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
-class LabelMapField(Field):
+class LabelMapField(FixedSizeField):
     """Top-``k`` class maps of ``height`` x ``width`` cells (ReLabel: k=5, 15 x 15).
 
     Values to write: an array or tensor [2, k, H, W] (row 0 scores, row 1 class ids as numbers,
@@ -94,10 +94,6 @@ class LabelMapField(Field):
     def map_shape(self) -> tuple[int, int, int]:
         """(k, height, width) of the scores and of the ids."""
         return self.k, self.height, self.width
-
-    @property
-    def metadata_dtype(self) -> np.dtype:
-        return np.dtype("<u8")
 
     def to_arguments(self, side_table: Optional[tuple[int, int]] = None) -> np.ndarray:
         args = np.zeros((), dtype=ARGS_DTYPE)
@@ -189,18 +185,7 @@ class LabelMapField(Field):
                    + np.ascontiguousarray(checked.scores, dtype=SCORE_DTYPE).tobytes())
         return Encoded(payload, None)
 
-    def metadata_record(self, meta: Any, ptr: int) -> int:
-        return ptr
-
     # -- reading --------------------------------------------------------------------------------
-    def payload_ptrs(self, column: np.ndarray) -> np.ndarray:
-        return column
-
-    def payload_sizes(self, column: np.ndarray, regions: RegionTable, name: str) -> np.ndarray:
-        sizes = np.full(len(column), self.nbytes, dtype=np.uint64)
-        check_ptr_column(column, sizes, regions, name)
-        return sizes
-
     def decode(self, record: Any, payload: Optional[np.ndarray], side: Any) -> LabelMap:
         raw = payload.tobytes()
         half = self.cells * ID_DTYPE.itemsize

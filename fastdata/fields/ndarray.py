@@ -12,14 +12,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..format import ARGUMENTS_SIZE, FormatError
-from .base import Encoded, Field, RegionTable, check_ptr_column
+from .base import Encoded, FixedSizeField
 
 MAX_DIMS = 32
 ARGS_HEADER_DTYPE = np.dtype([("shape", "<u8", (MAX_DIMS,)), ("type_length", "<u8")])
 DESCR_OFFSET = ARGS_HEADER_DTYPE.itemsize  # 264
 
 
-class NDArrayField(Field):
+class NDArrayField(FixedSizeField):
     """Arrays of one ``shape`` and ``dtype`` (C order, little-endian on disk)."""
 
     TYPE_ID = 4
@@ -37,10 +37,6 @@ class NDArrayField(Field):
         self.nbytes = math.prod(self.shape) * self.dtype.itemsize
         if self.nbytes >= 1 << 63:
             raise ValueError(f"NDArrayField shape {self.shape} is impossibly large")
-
-    @property
-    def metadata_dtype(self) -> np.dtype:
-        return np.dtype("<u8")
 
     def to_arguments(self, side_table: Optional[tuple[int, int]] = None) -> np.ndarray:
         header = np.zeros((), dtype=ARGS_HEADER_DTYPE)
@@ -81,16 +77,6 @@ class NDArrayField(Field):
             array = array.astype(self.dtype)
         return Encoded(np.ascontiguousarray(array).tobytes(), None)
 
-    def metadata_record(self, meta: Any, ptr: int) -> int:
-        return ptr
-
-    def payload_ptrs(self, column: np.ndarray) -> np.ndarray:
-        return column
-
-    def payload_sizes(self, column: np.ndarray, regions: RegionTable, name: str) -> np.ndarray:
-        sizes = np.full(len(column), self.nbytes, dtype=np.uint64)
-        check_ptr_column(column, sizes, regions, name)
-        return sizes
 
     def decode(self, record: Any, payload: Optional[np.ndarray], side: Any) -> np.ndarray:
         return np.frombuffer(payload.tobytes(), dtype=self.dtype).reshape(self.shape)

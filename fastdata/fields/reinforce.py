@@ -40,7 +40,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..format import ARGUMENTS_SIZE, FormatError
-from .base import Encoded, Field, RegionTable, check_ptr_column
+from .base import Encoded, FixedSizeField
 
 MAX_CLASS_ID = np.iinfo(np.int16).max
 MAX_AUGS = 1 << 16
@@ -159,7 +159,7 @@ def check_records(recs: np.ndarray, where: str = "") -> None:
         raise ValueError(f"{prefix}augmentation {bad[0]}: {bad[1]}")
 
 
-class ReinforcementField(Field):
+class ReinforcementField(FixedSizeField):
     """``num_augs`` stored augmentations with the teacher's ``top_k`` outputs per sample; see the
     module docstring.  ``output_size`` (height, width) is the size of the views the teacher saw
     (the space of cutmix boxes)."""
@@ -184,10 +184,6 @@ class ReinforcementField(Field):
     def __repr__(self) -> str:
         return (f"ReinforcementField(num_augs={self.num_augs}, top_k={self.top_k}, "
                 f"output_size={self.output_size})")
-
-    @property
-    def metadata_dtype(self) -> np.dtype:
-        return np.dtype("<u8")
 
     def to_arguments(self, side_table: Optional[tuple[int, int]] = None) -> np.ndarray:
         args = np.array((self.num_augs, self.top_k, *self.output_size), dtype=_ARGS)
@@ -236,16 +232,6 @@ class ReinforcementField(Field):
     def encode(self, value: Any, index: int) -> Encoded:
         return Encoded(self.as_records(value).tobytes(), None)
 
-    def metadata_record(self, meta: Any, ptr: int) -> int:
-        return ptr
-
-    def payload_ptrs(self, column: np.ndarray) -> np.ndarray:
-        return column
-
-    def payload_sizes(self, column: np.ndarray, regions: RegionTable, name: str) -> np.ndarray:
-        sizes = np.full(len(column), self.nbytes, dtype=np.uint64)
-        check_ptr_column(column, sizes, regions, name)
-        return sizes
 
     def decode(self, record: Any, payload: Optional[np.ndarray], side: Any) -> np.ndarray:
         """The sample's NS records, a structured array of ``record_dtype(top_k)``."""

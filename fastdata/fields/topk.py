@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..format import ARGUMENTS_SIZE, FormatError
-from .base import Encoded, Field, RegionTable, check_ptr_column
+from .base import Encoded, FixedSizeField
 
 MAX_CLASS_ID = np.iinfo(np.int16).max
 _ARGS = np.dtype([("k", "<u4")])
@@ -38,7 +38,7 @@ def split_topk(value: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids.astype("<i2"), probs.astype("<f2")
 
 
-class TopKField(Field):
+class TopKField(FixedSizeField):
     """k (class id, probability) pairs per sample."""
 
     TYPE_ID = 102
@@ -48,10 +48,6 @@ class TopKField(Field):
             raise ValueError(f"k must be in [1, 4096], got {k}")
         self.k = int(k)
         self.nbytes = 4 * self.k
-
-    @property
-    def metadata_dtype(self) -> np.dtype:
-        return np.dtype("<u8")
 
     def to_arguments(self, side_table: Optional[tuple[int, int]] = None) -> np.ndarray:
         out = np.zeros(ARGUMENTS_SIZE, dtype=np.uint8)
@@ -70,16 +66,6 @@ class TopKField(Field):
         ids, probs = split_topk(value, self.k)
         return Encoded(ids.tobytes() + probs.tobytes(), None)
 
-    def metadata_record(self, meta: Any, ptr: int) -> int:
-        return ptr
-
-    def payload_ptrs(self, column: np.ndarray) -> np.ndarray:
-        return column
-
-    def payload_sizes(self, column: np.ndarray, regions: RegionTable, name: str) -> np.ndarray:
-        sizes = np.full(len(column), self.nbytes, dtype=np.uint64)
-        check_ptr_column(column, sizes, regions, name)
-        return sizes
 
     def decode(self, record: Any, payload: Optional[np.ndarray], side: Any) -> tuple:
         raw = payload.tobytes()

@@ -1,8 +1,6 @@
 """Decoders of the non-image fields: a batch of stored values gathered in one vectorised call."""
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numba import njit
 

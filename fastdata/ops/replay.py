@@ -24,7 +24,6 @@ kernel never sees a bad offset.  This streams the whole field once per open Read
 """
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Any, Optional
 
@@ -33,7 +32,6 @@ from numba import njit
 
 from .. import jpeg, libturbojpeg
 from ..fields.reinforce import ReinforcementField, first_bad_record
-from ..fields.rgb_image import MODE_JPG
 from ..reader import SampleError
 from ..rng import OP_REPLAY, draws
 from .base import BatchContext, Decoder
