@@ -404,3 +404,11 @@ def test_shard_padding_and_drop_last_semantics():
     assert padded == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]   # pads with the first samples
     dropped = [shard(order, r, 3, drop_last=True).tolist() for r in range(3)]
     assert dropped == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]           # the tail sample 9 is left out
+
+
+def test_os_cache_false_reads_the_file_into_memory_with_the_same_batches(beton):
+    mapped = epoch_batches(train_loader(beton, seed=8))
+    loader = train_loader(beton, seed=8, os_cache=False)
+    assert loader.reader._mmap is None          # no memory map left: the bytes live in RAM
+    in_memory = epoch_batches(loader)
+    assert all(torch.equal(a, b) for x, y in zip(mapped, in_memory) for a, b in zip(x, y))
