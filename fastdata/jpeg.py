@@ -1,7 +1,7 @@
 """The JPEG codec: header parsing, lossless metadata stripping, decode and encode.
 
 Decoding and encoding use simplejpeg and OpenCV, whose wheels each ship libjpeg-turbo and release
-the GIL, so threads decode in parallel with no compiler or system library (bench/codecs.py has the
+the GIL, so threads decode in parallel with no compiler or system library (bench/jpeg_codecs.py has the
 measurements behind the choice).  The header parser is ours: it walks the marker segments with a
 bounds check on every length, so no file content can make it read out of range.
 """

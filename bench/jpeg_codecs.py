@@ -31,11 +31,12 @@ All bytes are read into RAM first, so disk speed is not measured. OpenCV's own
 thread pool is set to one thread so that "1 thread" means one core. On a
 shared 2-core machine another process's load looks just like a GIL-bound
 binding, so each pass also measures the CPU used by other processes and passes
-where it exceeds 0.1 cores are redone (column "other load").
+where it exceeds 0.1 cores are redone after waiting for the machine to go
+quiet (column "other load").
 
 Run:
-    python bench/codecs.py --data /work/data/inet10k --n 1000 --max-side 0
-    python bench/codecs.py --data /work/data/inet10k --n 1000 --max-side 500
+    python bench/jpeg_codecs.py --data /work/data/inet10k --n 1000 --max-side 0
+    python bench/jpeg_codecs.py --data /work/data/inet10k --n 1000 --max-side 500
 """
 import argparse
 import ctypes
@@ -374,20 +375,34 @@ def _busy_seconds():
     return machine, t.user + t.system
 
 
-def measure(fn, items, threads, repeat, pool, max_other=0.1, max_extra=8):
+def wait_until_quiet(max_other, timeout, window=0.3):
+    """Sleep until other processes use at most `max_other` cores (or `timeout` passes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m0, p0 = _busy_seconds()
+        time.sleep(window)
+        m1, p1 = _busy_seconds()
+        if not (m1 - m0) - (p1 - p0) > max_other * window:  # NaN (no /proc) counts as quiet
+            return
+
+
+def measure(fn, items, threads, repeat, pool, max_other=0.1, max_extra=8, patience=120.0):
     """Best images/s over `repeat` undisturbed passes, output pixels, and the others' load.
 
     On a 2-core machine a busy neighbour process halves the 2-thread figure and
     would pass for a GIL-bound binding. So the CPU time used by everything else
     is measured per pass; passes where it exceeds `max_other` cores are redone
-    (at most `max_extra` extra passes). Returns (rate, pixels, other_cores,
-    clean) for the chosen pass; clean is False if no undisturbed pass was had.
+    (at most `max_extra` extra passes), each pass first waiting for a quiet
+    machine (at most `patience` seconds of waiting in all). Returns (rate, pixels, other_cores, clean) for the chosen pass;
+    clean is False if no undisturbed pass was had.
     """
     half = (len(items) + 1) // 2
     chunks = [items[:half], items[half:]]
     clean, dirty = [], []
     px = 0
+    deadline = time.monotonic() + patience
     for _ in range(repeat + max_extra):
+        wait_until_quiet(max_other, timeout=max(0.0, deadline - time.monotonic()))
         m0, p0 = _busy_seconds()
         t0 = time.perf_counter()
         if threads == 1:
