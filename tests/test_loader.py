@@ -412,3 +412,32 @@ def test_os_cache_false_reads_the_file_into_memory_with_the_same_batches(beton):
     assert loader.reader._mmap is None          # no memory map left: the bytes live in RAM
     in_memory = epoch_batches(loader)
     assert all(torch.equal(a, b) for x, y in zip(mapped, in_memory) for a, b in zip(x, y))
+
+
+def test_fallback_without_libturbojpeg_gives_the_same_crops(beton, tmp_path):
+    """Where libturbojpeg 3 is missing, JPEGs go through simplejpeg: same boxes, same pixels up
+    to the region decoder's edge rounding."""
+    import subprocess
+    import sys
+    script = tmp_path / "fallback.py"
+    script.write_text(
+        "import sys, numpy as np\n"
+        "from fastdata import Loader, libturbojpeg\n"
+        "from fastdata.ops import RandomResizedCrop, RandomHorizontalFlip, MultiView\n"
+        "assert not libturbojpeg.AVAILABLE\n"
+        "loader = Loader(sys.argv[1], batch_size=32, order='random', seed=4, pipelines={\n"
+        "    'image': [MultiView(RandomResizedCrop(40), RandomResizedCrop(20)),\n"
+        "              RandomHorizontalFlip()], 'label': None})\n"
+        "a, b = next(iter(loader))\n"
+        "np.save(sys.argv[2], a.numpy()); np.save(sys.argv[3], b.numpy())\n")
+    env = dict(os.environ, FASTDATA_NO_LIBTURBOJPEG="1")
+    subprocess.run([sys.executable, str(script), beton, str(tmp_path / "a.npy"),
+                    str(tmp_path / "b.npy")], env=env, check=True, timeout=300)
+    from fastdata.ops.image_decoders import MultiView
+    loader = Loader(beton, batch_size=32, order="random", seed=4, pipelines={
+        "image": [MultiView(RandomResizedCrop(40), RandomResizedCrop(20)),
+                  RandomHorizontalFlip()], "label": None})
+    a, b = next(iter(loader))
+    for ours, theirs in ((a, "a.npy"), (b, "b.npy")):
+        fallback = np.load(tmp_path / theirs)
+        assert np.abs(fallback.astype(int) - ours.numpy().astype(int)).mean() < 0.5

@@ -28,7 +28,7 @@ from ..reader import SampleError
 from ..rng import OP_CROP, OP_FLIP, draws
 from .base import BatchContext, BatchOp, Decoder, check_range
 from .crop_params import center_crop_box, random_resized_crop_boxes
-from .image_kernel import (STATUS_ERROR, STATUS_MISMATCH, STATUS_NEEDS_PYTHON, decode_range,
+from .image_kernel import (STATUS_ERROR, STATUS_MISMATCH, STATUS_NEEDS_PYTHON, decode_kernel,
                            resize_decoded)
 from .resample import scratch_size
 
@@ -156,7 +156,7 @@ class ImageDecoder(Decoder):
         params = ctx.params[self.name]
         outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
         status = worker["status"]
-        decode_range(self.reader.data, self.modes, self.ptrs, self.sizes, self.widths,
+        decode_kernel()(self.reader.data, self.modes, self.ptrs, self.sizes, self.widths,
                      self.heights, ctx.indices, params["all_boxes"], params["all_flips"], start,
                      stop, outs, worker["region"], worker["scratch"], worker["handle"],
                      libturbojpeg.AVAILABLE, status)
@@ -173,11 +173,19 @@ class ImageDecoder(Decoder):
         """Fallback without libturbojpeg 3: simplejpeg (GIL released) at the DCT scale, full
         image, then the same resize kernel."""
         index = int(ctx.indices[k])
-        ptr, size = int(self.ptrs[index]), int(self.sizes[index])
         params = ctx.params[self.name]
         boxes, flips = params["all_boxes"][:, k], params["all_flips"][:, k]
         denom = min(_dct_denominator(int(box[2]), int(box[3]), out.shape[1], out.shape[2])
                     for box, out in zip(boxes, outs))
+        rgb, scale_y, scale_x = self.decode_jpeg_python(index, denom)
+        for box, flip, out in zip(boxes, flips, outs):
+            resize_decoded(rgb, box[0] * scale_y, box[1] * scale_x, box[2] * scale_y,
+                           box[3] * scale_x, out[k], bool(flip), worker["scratch"])
+
+    def decode_jpeg_python(self, index: int, denom: int) -> tuple[np.ndarray, float, float]:
+        """Sample ``index``'s whole JPEG decoded by simplejpeg (GIL released) at about 1/denom
+        scale, and that scale (height, width) relative to the stored image."""
+        ptr, size = int(self.ptrs[index]), int(self.sizes[index])
         try:
             rgb = jpeg.simplejpeg.decode_jpeg(
                 self.reader.data[ptr:ptr + size], colorspace="RGB",
@@ -185,11 +193,7 @@ class ImageDecoder(Decoder):
                 min_width=-(-int(self.widths[index]) // denom))
         except (ValueError, RuntimeError) as err:
             raise SampleError(index, self.name, f"cannot decode JPEG: {err}") from None
-        scale_y = rgb.shape[0] / self.heights[index]
-        scale_x = rgb.shape[1] / self.widths[index]
-        for box, flip, out in zip(boxes, flips, outs):
-            resize_decoded(rgb, box[0] * scale_y, box[1] * scale_x, box[2] * scale_y,
-                           box[3] * scale_x, out[k], bool(flip), worker["scratch"])
+        return rgb, rgb.shape[0] / self.heights[index], rgb.shape[1] / self.widths[index]
 
     def params_record(self, ctx: BatchContext) -> list[np.ndarray]:
         """Per view, float64[n, 9]: box (top, left, height, width) in stored pixels, the same

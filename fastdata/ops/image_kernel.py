@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .. import libturbojpeg
 from ..libturbojpeg import MCU_WIDTH, decode_region, read_header, scaled
 from .resample import resize_crop_into
 
@@ -38,6 +39,42 @@ def resize_decoded(image: np.ndarray, top: float, left: float, height: float, wi
 
 
 @njit(cache=True, nogil=True)
+def _resize_raw(data: np.ndarray, ptr: int, size: int, height: int, width: int,
+                boxes: np.ndarray, flips: np.ndarray, k: int, outs: tuple,
+                scratch: np.ndarray) -> None:
+    """Every view of raw sample k, read in place from the file."""
+    image = data[ptr:ptr + size].reshape((height, width, 3))
+    for v in range(len(outs)):
+        resize_crop_into(image, float(boxes[v, k, 0]), float(boxes[v, k, 1]),
+                         float(boxes[v, k, 2]), float(boxes[v, k, 3]), outs[v][k],
+                         flips[v, k] != 0, scratch)
+
+
+@njit(cache=True, nogil=True)
+def decode_range_raw_only(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray,
+                          sizes: np.ndarray, widths: np.ndarray, heights: np.ndarray,
+                          indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, start: int,
+                          stop: int, outs: tuple, region: np.ndarray, scratch: np.ndarray,
+                          handle: int, use_turbo: bool, status: np.ndarray) -> None:
+    """decode_range without libturbojpeg 3 (which this function must not reference: its symbols
+    are unresolved where the library is missing): raw samples here, JPEGs marked for the Python
+    fallback."""
+    for k in range(start, stop):
+        index = indices[k]
+        if modes[index] == MODE_JPG:
+            status[k] = STATUS_NEEDS_PYTHON
+        else:
+            status[k] = STATUS_OK
+            _resize_raw(data, ptrs[index], sizes[index], heights[index], widths[index], boxes,
+                        flips, k, outs, scratch)
+
+
+def decode_kernel():
+    """The kernel for this platform: with libturbojpeg 3's region decoding, or without."""
+    return decode_range if libturbojpeg.AVAILABLE else decode_range_raw_only
+
+
+@njit(cache=True, nogil=True)
 def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: np.ndarray,
                  widths: np.ndarray, heights: np.ndarray, indices: np.ndarray, boxes: np.ndarray,
                  flips: np.ndarray, start: int, stop: int, outs: tuple, region: np.ndarray,
@@ -56,11 +93,7 @@ def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: n
         height, width = heights[index], widths[index]
         status[k] = STATUS_OK
         if modes[index] != MODE_JPG:
-            image = data[ptr:ptr + size].reshape((height, width, 3))
-            for v in range(views):
-                resize_crop_into(image, float(boxes[v, k, 0]), float(boxes[v, k, 1]),
-                                 float(boxes[v, k, 2]), float(boxes[v, k, 3]), outs[v][k],
-                                 flips[v, k] != 0, scratch)
+            _resize_raw(data, ptr, size, height, width, boxes, flips, k, outs, scratch)
             continue
         if not use_turbo:
             status[k] = STATUS_NEEDS_PYTHON

@@ -30,13 +30,13 @@ from typing import Any, Optional
 import numpy as np
 from numba import njit
 
-from .. import jpeg, libturbojpeg
+from .. import libturbojpeg
 from ..fields.reinforce import ReinforcementField, first_bad_record
 from ..reader import SampleError
 from ..rng import OP_REPLAY, draws
 from .base import BatchContext, Decoder
 from .image_decoders import ImageDecoder, RandomHorizontalFlip, _dct_denominator
-from .image_kernel import (STATUS_ERROR, STATUS_MISMATCH, STATUS_NEEDS_PYTHON, decode_range,
+from .image_kernel import (STATUS_ERROR, STATUS_MISMATCH, STATUS_NEEDS_PYTHON, decode_kernel,
                            resize_decoded)
 from .targets import _MODE_IDS, DENSIFY_MODES, densify
 
@@ -249,7 +249,7 @@ class ReplayedCrop(ImageDecoder):
         pidx = rp["partner_indices"][m0:m1]
         pboxes = np.ascontiguousarray(rp["partner_boxes"][:, m0:m1])
         pflips = np.ascontiguousarray(rp["partner_flips"][:, m0:m1])
-        decode_range(self.reader.data, self.modes, self.ptrs, self.sizes, self.widths,
+        decode_kernel()(self.reader.data, self.modes, self.ptrs, self.sizes, self.widths,
                      self.heights, pidx, pboxes, pflips, 0, n, (buf,), worker["region"],
                      worker["scratch"], worker["handle"], libturbojpeg.AVAILABLE, status)
         for m in range(n):
@@ -266,16 +266,8 @@ class ReplayedCrop(ImageDecoder):
     def _decode_one_python(self, index: int, box: np.ndarray, flip: bool, dst: np.ndarray,
                            worker: dict) -> None:
         """Without libturbojpeg 3: the partner's JPEG through simplejpeg, then the same resize."""
-        ptr, size = int(self.ptrs[index]), int(self.sizes[index])
         denom = _dct_denominator(int(box[2]), int(box[3]), dst.shape[0], dst.shape[1])
-        try:
-            rgb = jpeg.simplejpeg.decode_jpeg(
-                self.reader.data[ptr:ptr + size], colorspace="RGB",
-                min_height=-(-int(self.heights[index]) // denom),
-                min_width=-(-int(self.widths[index]) // denom))
-        except (ValueError, RuntimeError) as err:
-            raise SampleError(index, self.name, f"cannot decode JPEG: {err}") from None
-        sy, sx = rgb.shape[0] / self.heights[index], rgb.shape[1] / self.widths[index]
+        rgb, sy, sx = self.decode_jpeg_python(index, denom)
         resize_decoded(rgb, box[0] * sy, box[1] * sx, box[2] * sy, box[3] * sx, dst, flip,
                        worker["scratch"])
 
