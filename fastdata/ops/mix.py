@@ -322,6 +322,26 @@ def _move_patches_dense(flat: np.ndarray, shape: np.ndarray, rows: np.ndarray,
             o += run
 
 
+@njit(cache=True, nogil=True)
+def _swap_boxes(flat: np.ndarray, shape: np.ndarray, firsts: np.ndarray, boxes: np.ndarray,
+                tmp: np.ndarray) -> None:
+    """CutMix for partners i and B-1-i sharing one box (batch and pair modes): swap the two box
+    regions in place, a row-run at a time through ``tmp`` (which stays in cache), instead of
+    copying every patch out and back: half the memory traffic."""
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    for t in range(len(firsts)):
+        i = firsts[t]
+        j = batch - 1 - i
+        y0, y1, x0, x1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        run = (x1 - x0) * channels
+        for y in range(y0, y1):
+            a = ((i * height + y) * width + x0) * channels
+            b = ((j * height + y) * width + x0) * channels
+            tmp[:run] = flat[a:a + run]
+            flat[a:a + run] = flat[b:b + run]
+            flat[b:b + run] = tmp[:run]
+
+
 def _patches(nhwc: np.ndarray, rows: np.ndarray, sources: np.ndarray, boxes: np.ndarray,
              patches: np.ndarray, offsets: np.ndarray, take: bool) -> None:
     if nhwc.flags.c_contiguous:
@@ -565,8 +585,16 @@ class Mixup(BatchOp):
         lam = p["lam"] if self.mode != "batch" else float(p["lam"][0])
         flat = _rows_flat(v) if v.device.type == "cpu" and v.dtype in _NUMBA_DTYPES else None
         if flat is not None:
-            # Compiled: take every patch from its partner, mix, then paste.
             nhwc = v.permute(0, 2, 3, 1).numpy()
+            if len(cut_rows) and self.mode != "elem" and nhwc.flags.c_contiguous:
+                # Partners share their box: swap the regions in place.  Mixup rows are other
+                # pairs, so the order of the two steps does not matter.
+                firsts = cut_rows[cut_rows < len(nhwc) - 1 - cut_rows]
+                tmp = np.empty(nhwc.shape[2] * nhwc.shape[3], dtype=nhwc.dtype)
+                _swap_boxes(nhwc.reshape(-1), np.array(nhwc.shape, dtype=np.int64), firsts,
+                            boxes, tmp)
+                cut_rows = cut_rows[:0]
+            # Compiled: take every patch from its partner, mix, then paste.
             if len(cut_rows):
                 sizes = (boxes[cut_rows, 1] - boxes[cut_rows, 0]) * \
                     (boxes[cut_rows, 3] - boxes[cut_rows, 2]) * nhwc.shape[3]
