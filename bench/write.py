@@ -33,83 +33,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("raw", "jpg", "proportion", "smart")
 
-FFCV_SCRIPT = r'''
-import json, os, resource, sys, time
-t_start = time.perf_counter()
-import numpy as np
-from PIL import Image
-from ffcv.writer import DatasetWriter
-from ffcv.fields import IntField, RGBImageField
-import importlib.metadata as md
-
-cfg = json.loads(sys.argv[1])
-t_imported = time.perf_counter()
-
-# torchvision.datasets.ImageFolder's order: class folders sorted (every directory entry),
-# then sorted(os.walk(class_dir, followlinks=True)) and sorted file names, by IMG_EXTENSIONS.
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-root = cfg["root"]
-classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-samples = []
-for label, name in enumerate(classes):
-    for dirpath, _, fnames in sorted(os.walk(os.path.join(root, name), followlinks=True)):
-        for fname in sorted(fnames):
-            if fname.lower().endswith(IMG_EXTENSIONS):
-                samples.append((os.path.join(dirpath, fname), label))
-if cfg["limit"]:
-    samples = samples[:cfg["limit"]]
-
-
-class ImageFolderLike:
-    """What torchvision's ImageFolder returns with its default pil_loader."""
-    def __len__(self):
-        return len(samples)
-
-    def __getitem__(self, i):
-        path, label = samples[i]
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB"), label
-
-
-def cpu():
-    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
-
-
-cpu0 = cpu()
-t0 = time.perf_counter()
-writer = DatasetWriter(cfg["out"], {
-    "image": RGBImageField(write_mode=cfg["mode"], max_resolution=cfg["max_resolution"],
-                           compress_probability=cfg["compress_probability"],
-                           jpeg_quality=cfg["jpeg_quality"]),
-    "label": IntField(),
-}, num_workers=cfg["workers"])
-writer.from_indexed_dataset(ImageFolderLike(), chunksize=100)
-t1 = time.perf_counter()
-import multiprocessing
-for p in multiprocessing.active_children():   # FFCV leaves its finished workers unjoined
-    p.join()
-cpu1 = cpu()   # this process and its worker processes
-# FFCV does not fsync; fastdata does (its time includes it). Measured apart, not in "seconds".
-fd = os.open(cfg["out"], os.O_RDONLY)
-os.fsync(fd)
-os.close(fd)
-t2 = time.perf_counter()
-print(json.dumps({"n": len(samples), "seconds": t1 - t0, "fsync_seconds": t2 - t1,
-                  "cpu_seconds": cpu1 - cpu0,
-                  "import_seconds": t_imported - t_start, "setup_seconds": t0 - t_imported,
-                  "ffcv": md.version("ffcv"), "numpy": np.__version__,
-                  "opencv": __import__("cv2").__version__, "pillow": Image.__version__,
-                  "torch": md.version("torch"), "python": sys.version.split()[0]}))
-'''
+FFCV_SCRIPT = os.path.join(REPO, "bench", "peers", "ffcv_write.py")
 
 FFCV_PROBE = r'''
 import json, sys, importlib.metadata as md
@@ -440,10 +370,7 @@ def main(argv=None) -> int:
         except ValueError as err:
             raise BenchError(str(err)) from None
         ffcv_info = probe_ffcv(args.ffcv_python) if args.ffcv_python else None
-        if ffcv_info:
-            script = os.path.join(out_dir, "ffcv_write_imagenet.py")
-            with open(script, "w") as f:
-                f.write(textwrap.dedent(FFCV_SCRIPT))
+        script = FFCV_SCRIPT
         print(f"warming the page cache: {len(paths)} files ...", file=sys.stderr)
         warm = warm_page_cache(paths)
         machine = {"cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")

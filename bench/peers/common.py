@@ -148,9 +148,23 @@ def run(main) -> None:
     os._exit(0)
 
 
-def forever(loader_factory):
-    """Iterate epoch after epoch of a loader (its __iter__ starts one epoch)."""
-    loader = loader_factory()
-    while True:
-        for batch in loader:
-            yield batch
+def measure_loader(make_loader, cfg: dict, extra: dict) -> dict:
+    """The measurement every torch-style peer shares: in "first_batch" mode the time from
+    creating the loader to its first (images, labels) batch; otherwise throughput over epochs."""
+    if cfg["mode"] == "first_batch":
+        t0 = time.perf_counter()
+        loader = make_loader(cfg)
+        t1 = time.perf_counter()
+        images, labels = next(iter(loader))
+        t2 = time.perf_counter()
+        return dict(extra, create_s=t1 - t0, first_batch_s=t2 - t0,
+                    process_to_first_s=t2 - T_PROCESS_START,
+                    sample=describe(images.numpy()))
+
+    def batches():
+        loader = make_loader(cfg)
+        while True:
+            for images, labels in loader:
+                yield len(images), images.numpy()
+
+    return throughput(batches, cfg, extra)

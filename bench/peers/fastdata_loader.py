@@ -29,23 +29,7 @@ def main(cfg):
     import fastdata
     extra = {"import_s": import_s, "version": fastdata.__version__, "from": fastdata.__file__,
              "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR")}
-    if cfg["mode"] == "first_batch":
-        t0 = time.perf_counter()
-        loader = make_loader(cfg)
-        t1 = time.perf_counter()
-        images, labels = next(iter(loader))
-        t2 = time.perf_counter()
-        return dict(extra, create_s=t1 - t0, first_batch_s=t2 - t0,
-                    process_to_first_s=t2 - common.T_PROCESS_START,
-                    sample=common.describe(images.numpy()))
-
-    def batches():
-        loader = make_loader(cfg)
-        while True:
-            for images, labels in loader:
-                yield len(images), images.numpy()
-
-    return common.throughput(batches, cfg, extra)
+    return common.measure_loader(make_loader, cfg, extra)
 
 
 if __name__ == "__main__":

@@ -36,13 +36,7 @@ def main(cfg):
     extra = {"import_s": import_s, "version": f"torch {torch.__version__}, torchvision "
              f"{torchvision.__version__}, PIL {PIL.__version__}", "pil": PIL.__version__}
 
-    def batches():
-        loader = make_loader(cfg)
-        while True:
-            for images, labels in loader:
-                yield len(images), images.numpy()
-
-    return common.throughput(batches, cfg, extra)
+    return common.measure_loader(make_loader, cfg, extra)
 
 
 if __name__ == "__main__":
