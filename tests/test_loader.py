@@ -441,3 +441,25 @@ def test_fallback_without_libturbojpeg_gives_the_same_crops(beton, tmp_path):
     for ours, theirs in ((a, "a.npy"), (b, "b.npy")):
         fallback = np.load(tmp_path / theirs)
         assert np.abs(fallback.astype(int) - ours.numpy().astype(int)).mean() < 0.5
+
+
+def test_decoders_of_the_other_field_types(tmp_path):
+    from fastdata import BytesField, FloatField, JSONField, NDArrayField
+    from fastdata.ops import BytesDecoder, FloatDecoder, JSONDecoder, NDArrayDecoder
+    path = str(tmp_path / "fields.beton")
+    rows = [(i, i / 4, np.full((2, 3), i, np.float32), bytes(range(i % 5)), {"i": i, "s": "é"})
+            for i in range(10)]
+    DatasetWriter(path, {"label": IntField(), "f": FloatField(), "arr": NDArrayField("float32",
+                  (2, 3)), "blob": BytesField(), "meta": JSONField()}, page_size=1 << 21,
+                  progress=False).from_indexed_dataset(rows)
+    loader = Loader(path, batch_size=5, pipelines={
+        "label": [IntDecoder(), ToTensor(), Squeeze()], "f": [FloatDecoder()],
+        "arr": [NDArrayDecoder()], "blob": [BytesDecoder()], "meta": [JSONDecoder()]})
+    labels, floats, arrays, blobs, metas = next(iter(loader))
+    assert labels.tolist() == [0, 1, 2, 3, 4] and floats[:, 0].tolist() == [0, .25, .5, .75, 1]
+    assert arrays.shape == (5, 2, 3) and arrays[3].eq(3).all()
+    assert blobs.shape == (5, 4) and blobs[4].tolist() == [0, 1, 2, 3]
+    assert blobs[2].tolist() == [0, 1, 0, 0]                    # zero-padded, as FFCV
+    assert metas == [{"i": i, "s": "é"} for i in range(5)]
+    with pytest.raises(TypeError, match="JSONDecoder cannot decode field 'label'"):
+        Loader(path, batch_size=5, pipelines={"label": [JSONDecoder()]})

@@ -57,9 +57,16 @@ class Decoder(Operation):
 
     #: True for decoders whose per-sample work runs in the worker threads (decode_range).
     parallel = False
+    #: The field classes this decoder reads (checked by bind).
+    field_types: tuple = ()
 
     def bind(self, reader, name: str, field_index: int) -> None:
         """Attach to field ``name`` of an open Reader; raise TypeError for a wrong field type."""
+        field = reader.fields[name]
+        if self.field_types and not isinstance(field, self.field_types):
+            raise TypeError(f"{type(self).__name__} cannot decode field {name!r} of type "
+                            f"{type(field).__name__} (it needs "
+                            f"{' or '.join(t.__name__ for t in self.field_types)})")
         self.reader, self.name, self.field_index = reader, name, field_index
         self.column = reader.metadata[f"f{field_index}"]
 

@@ -8,19 +8,10 @@ from ..fields import BytesField, FloatField, IntField, JSONField, NDArrayField
 from .base import BatchContext, Decoder
 
 
-def _require(decoder: Decoder, reader, name: str, types: tuple) -> None:
-    field = reader.fields[name]
-    if not isinstance(field, types):
-        raise TypeError(f"{type(decoder).__name__} cannot decode field {name!r} of type "
-                        f"{type(field).__name__}")
-
-
 class IntDecoder(Decoder):
     """IntField -> int64[B, 1] (FFCV's shape; add Squeeze() for int64[B])."""
 
-    def bind(self, reader, name, field_index):
-        _require(self, reader, name, (IntField,))
-        super().bind(reader, name, field_index)
+    field_types = (IntField,)
 
     def sample_shape(self, batch_size):
         return (1,), np.int64
@@ -32,9 +23,7 @@ class IntDecoder(Decoder):
 class FloatDecoder(IntDecoder):
     """FloatField -> float64[B, 1]."""
 
-    def bind(self, reader, name, field_index):
-        _require(self, reader, name, (FloatField,))
-        Decoder.bind(self, reader, name, field_index)
+    field_types = (FloatField,)
 
     def sample_shape(self, batch_size):
         return (1,), np.float64
@@ -53,8 +42,9 @@ def _gather(data: np.ndarray, ptrs: np.ndarray, sizes: np.ndarray, indices: np.n
 class NDArrayDecoder(Decoder):
     """NDArrayField / TorchTensorField -> dtype[B, *shape]."""
 
+    field_types = (NDArrayField,)
+
     def bind(self, reader, name, field_index):
-        _require(self, reader, name, (NDArrayField,))
         super().bind(reader, name, field_index)
         self.field = reader.fields[name]
         self._ptrs = reader.payload_ptrs(name).astype(np.int64)
@@ -72,8 +62,9 @@ class NDArrayDecoder(Decoder):
 class BytesDecoder(NDArrayDecoder):
     """BytesField -> uint8[B, L] zero-padded to the longest value in the file (as FFCV)."""
 
+    field_types = (BytesField,)
+
     def bind(self, reader, name, field_index):
-        _require(self, reader, name, (BytesField,))
         Decoder.bind(self, reader, name, field_index)
         self._ptrs = reader.payload_ptrs(name).astype(np.int64)
         self._sizes = reader.payload_sizes(name).astype(np.int64)
@@ -89,9 +80,7 @@ class BytesDecoder(NDArrayDecoder):
 class JSONDecoder(Decoder):
     """JSONField -> a list of the B parsed documents (JSON only, never unpickled)."""
 
-    def bind(self, reader, name, field_index):
-        _require(self, reader, name, (JSONField,))
-        super().bind(reader, name, field_index)
+    field_types = (JSONField,)
 
     def sample_shape(self, batch_size):
         return None, object

@@ -86,10 +86,9 @@ class ImageDecoder(Decoder):
             return ops[1:]
         return ops
 
+    field_types = (RGBImageField,)
+
     def bind(self, reader, name: str, field_index: int) -> None:
-        if not isinstance(reader.fields[name], RGBImageField):
-            raise TypeError(f"{type(self).__name__} cannot decode field {name!r} of type "
-                            f"{type(reader.fields[name]).__name__}")
         super().bind(reader, name, field_index)
         column = self.column
         self.modes = np.ascontiguousarray(column["mode"]).astype(np.uint8)

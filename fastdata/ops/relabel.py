@@ -255,18 +255,17 @@ class LabelMapPool(Decoder):
         self.transposed_box = bool(transposed_box)
         self.view = int(view)
 
+    field_types = (LabelMapField,)
+
     def bind(self, reader, name: str, field_index: int) -> None:
+        super().bind(reader, name, field_index)     # checks the field type
         field = reader.fields[name]
-        if not isinstance(field, LabelMapField):
-            raise TypeError(f"LabelMapPool cannot decode field {name!r} of type "
-                            f"{type(field).__name__} (it needs a LabelMapField)")
         if self.image not in reader.fields:
             raise ValueError(f"LabelMapPool(image={self.image!r}): the file has no field "
                              f"{self.image!r} (fields: {reader.field_names})")
         if not isinstance(reader.fields[self.image], RGBImageField):
             raise TypeError(f"LabelMapPool(image={self.image!r}): field {self.image!r} is a "
                             f"{type(reader.fields[self.image]).__name__}, not an image field")
-        super().bind(reader, name, field_index)
         self.field = field
         self.ptrs = reader.payload_ptrs(name).astype(np.int64)
         self.table = half_table()
@@ -379,13 +378,11 @@ class LabelMapDecoder(Decoder):
     """LabelMapField -> the raw maps, float32 [B, 2, k, H, W] (row 0 scores, row 1 class ids),
     the layout of ReLabel's files (for custom pooling, or to inspect)."""
 
+    field_types = (LabelMapField,)
+
     def bind(self, reader, name: str, field_index: int) -> None:
-        field = reader.fields[name]
-        if not isinstance(field, LabelMapField):
-            raise TypeError(f"LabelMapDecoder cannot decode field {name!r} of type "
-                            f"{type(field).__name__}")
         super().bind(reader, name, field_index)
-        self.field = field
+        self.field = reader.fields[name]
         self.ptrs = reader.payload_ptrs(name).astype(np.int64)
 
     def sample_shape(self, batch_size: int):

@@ -283,14 +283,13 @@ class ReplayTargets(Decoder):
         self.densify = densify
         self.image = image
 
+    field_types = (ReinforcementField,)
+
     def bind(self, reader, name, field_index):
+        super().bind(reader, name, field_index)
         field = reader.fields[name]
-        if not isinstance(field, ReinforcementField):
-            raise TypeError(f"ReplayTargets cannot decode field {name!r} of type "
-                            f"{type(field).__name__}")
         if self.image not in reader.fields:
             raise ValueError(f"ReplayTargets: no image field {self.image!r} in {reader.path}")
-        super().bind(reader, name, field_index)
         if self.num_classes < field.top_k:
             raise ValueError(f"num_classes {self.num_classes} < top_k {field.top_k}")
         max_id = _summary(reader, name, self.image)["max_id"]

@@ -71,12 +71,11 @@ class TeacherTargets(Decoder):
         self.num_classes = int(num_classes)
         self.densify = densify
 
+    field_types = (TopKField,)
+
     def bind(self, reader, name, field_index):
-        field = reader.fields[name]
-        if not isinstance(field, TopKField):
-            raise TypeError(f"TeacherTargets cannot decode field {name!r} of type "
-                            f"{type(field).__name__}")
         super().bind(reader, name, field_index)
+        field = reader.fields[name]
         self.k = field.k
         self._ptrs = reader.payload_ptrs(name).astype(np.int64)
         # densify() writes at these ids: check them all once, here, not in the kernel.
