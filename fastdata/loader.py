@@ -33,7 +33,6 @@ from .order import OrderOption, as_order, epoch_order, shard
 from .reader import Reader, SampleError
 from .writer import default_workers
 
-CHUNK = 4   # samples per task handed to a worker: small enough to balance the batch's tail
 
 
 def default_decoder(field: Any) -> Decoder:
@@ -162,6 +161,7 @@ class Loader:
         for op in self.batch_ops:
             if hasattr(op, "setup"):
                 op.setup(self.ring_size)
+        self._pre_decode = self._pre_decode_ops()
         self._needs_cuda = any(isinstance(op, ToDevice) and op.device.type == "cuda"
                                for p in self.pipelines for op in p.ops)
         self._slots: Optional[_Slots] = None
@@ -212,6 +212,24 @@ class Loader:
         if not pipelines:
             raise ValueError("every field's pipeline is None: nothing to load")
         return pipelines
+
+    def _pre_decode_ops(self) -> list[tuple[Any, dict[str, tuple[int, int]]]]:
+        """(batch op, image outputs it may paste into while decoding) for each batch op that
+        plans before decoding.  An output qualifies when a single-view image decoder that can
+        paste makes it and only position-independent steps (its pipeline's ops, the batch ops
+        before this one) come between: moving pixels then commutes with all of them."""
+        images = {p.name: p.decoder.output_size for p in self.pipelines
+                  if isinstance(p.decoder, ImageDecoder) and p.decoder.supports_paste
+                  and len(p.decoder.views) == 1
+                  and all(getattr(op, "position_independent", False) for op in p.ops)}
+        plan = []
+        for op in self.batch_ops:
+            plans = getattr(type(op), "before_decode", BatchOp.before_decode)
+            if images and plans is not BatchOp.before_decode:
+                plan.append((op, dict(images)))
+            if not getattr(op, "position_independent", False):
+                images = {}
+        return plan
 
     # -- orders and length ---------------------------------------------------------------------
     def epoch_indices(self, epoch: int) -> np.ndarray:
@@ -424,6 +442,8 @@ class _Producer:
                 event.synchronize()
         outs = [loader._slots.buffers[k][slot] for k in range(len(loader.pipelines))]
         n = len(indices)
+        for op, images in loader._pre_decode:    # e.g. CutMix: drawn now, pasted while decoding
+            op.before_decode(ctx, images)
         tasks = []
         # Image decoders draw their boxes first: other fields' decoders may read them.
         for k in sorted(range(len(loader.pipelines)),
@@ -431,7 +451,8 @@ class _Producer:
             p = loader.pipelines[k]
             p.decoder.prepare(ctx, outs[k])
             if p.decoder.parallel:
-                tasks += [(k, s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
+                step = p.decoder.task_size
+                tasks += [(k, s, min(s + step, n)) for s in range(0, n, step)]
         job = _Job(len(tasks))
         for k, start, stop in tasks:
             self.pool.tasks.put((job, k, ctx, start, stop, outs[k]))

@@ -1,6 +1,6 @@
 """OneHot and Mixup / CutMix batch ops: timm's formulas, the three modes, layouts and dtypes,
 parameter statistics, determinism and exact resume through the Loader, dense targets and the
-region_target hook."""
+region_target hook, and CutMix pasted while decoding."""
 import math
 
 import numpy as np
@@ -10,9 +10,9 @@ torch = pytest.importorskip("torch")
 
 from fastdata import DatasetWriter, IntField, Loader, RGBImageField  # noqa: E402
 from fastdata.demo import synthetic_photo  # noqa: E402
-from fastdata.ops import (IntDecoder, Normalize, RandomHorizontalFlip,  # noqa: E402
+from fastdata.ops import (IntDecoder, MultiView, Normalize, RandomHorizontalFlip,  # noqa: E402
                           RandomResizedCrop, ToTensor, ToTorchImage)
-from fastdata.ops.base import BatchContext  # noqa: E402
+from fastdata.ops.base import BatchContext, BatchOp  # noqa: E402
 from fastdata.ops.mix import Mixup, OneHot, beta_draws  # noqa: E402
 from fastdata.rng import OP_MIX_BATCH  # noqa: E402
 
@@ -548,3 +548,107 @@ def test_cuda_batches_mix_like_cpu_ones(mode):
             else:
                 assert torch.allclose(gpu.cpu(), cpu, atol=1e-6)
             assert torch.allclose(t_gpu.cpu(), t_cpu, atol=1e-6)
+
+
+# -- CutMix pasted while decoding ----------------------------------------------------------------
+
+class Identity(BatchOp):
+    """Not position-independent: a CutMix after it must move the pixels after decoding."""
+
+    def __call__(self, batch, ctx):
+        return batch
+
+
+class PasteSpy(Spy):
+    """Spy that also records whether the decoder was asked to paste."""
+
+    def __call__(self, batch, ctx):
+        self.pasted = getattr(self, "pasted", False) or bool(ctx.pastes)
+        return super().__call__(batch, ctx)
+
+
+@pytest.fixture(scope="module")
+def jpeg_beton(tmp_path_factory):
+    """Proportion mode (JPEG and raw records) with sizes that need DCT scaling."""
+    path = str(tmp_path_factory.mktemp("mixjpg") / "mixed.beton")
+    rng = np.random.default_rng(1)
+    samples = [(synthetic_photo(np.random.default_rng((2, i)), int(rng.integers(40, 200)),
+                                int(rng.integers(40, 200))), i % C) for i in range(N)]
+    DatasetWriter(path, {"image": RGBImageField(write_mode="proportion", jpeg_quality=90),
+                         "label": IntField()},
+                  page_size=1 << 21, num_workers=2, progress=False).from_indexed_dataset(samples)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair"])
+def test_cutmix_pasted_while_decoding_equals_cutmix_after(jpeg_beton, mode):
+    """Batch and pair modes paste in the decoder; the batches are bit for bit those of the
+    swap after decoding (forced by a batch op before Mixup that is not position-independent),
+    with flips, JPEG and raw records, and an even last partial batch (48 = 4 x 10 + 8)."""
+    kw = dict(batch_size=10, drop_last=False, seed=3)
+    make = lambda: Mixup(0.8, 1.0, mode=mode, prob=0.9, num_classes=C)   # noqa: E731
+    fused_spy, after_spy = PasteSpy(), PasteSpy()
+    fused = epoch_batches(mix_loader(jpeg_beton, make(), fused_spy, **kw))
+    loader = mix_loader(jpeg_beton, None, None, **kw)
+    loader.batch_ops[:] = [Identity(), make(), after_spy]
+    loader._pre_decode = loader._pre_decode_ops()
+    after = epoch_batches(loader)
+    assert fused_spy.pasted and not after_spy.pasted
+    assert [len(x) for x, _ in fused] == [10, 10, 10, 10, 8]
+    cuts = sum(bool(np.any(p["use_cutmix"])) for p in fused_spy.seen.values())
+    assert cuts >= 2
+    for (x, t), (x2, t2) in zip(fused, after):
+        assert torch.equal(x, x2) and torch.equal(t, t2)
+    for key, p in fused_spy.seen.items():
+        for name, value in p.items():
+            other = after_spy.seen[key][name]
+            assert (torch.equal(value, other) if isinstance(value, torch.Tensor)
+                    else np.array_equal(value, other))
+
+
+def test_cutmix_not_pasted_in_elem_mode_or_after_moving_ops(jpeg_beton):
+    """Elem mode (partners' boxes differ), a multi-view decoder and a position-dependent step
+    before Mixup keep the swap after decoding."""
+    spy = PasteSpy()
+    list(mix_loader(jpeg_beton, Mixup(0.0, 1.0, mode="elem", num_classes=C), spy))
+    assert not spy.pasted and spy.seen
+    flip_after = Loader(jpeg_beton, batch_size=8, pipelines={
+        "image": [RandomResizedCrop(32), ToTensor(), RandomHorizontalFlip(), ToTorchImage()],
+        "label": [IntDecoder(), ToTensor()]}, batch_ops=[Mixup(0.0, 1.0, num_classes=C)])
+    assert flip_after._pre_decode_ops() == []
+    views = Loader(jpeg_beton, batch_size=8, pipelines={
+        "image": [MultiView(RandomResizedCrop(32), RandomResizedCrop(16)), ToTensor()],
+        "label": [IntDecoder(), ToTensor()]}, batch_ops=[Mixup(0.0, 1.0, num_classes=C)])
+    assert views._pre_decode_ops() == []
+    plain = mix_loader(jpeg_beton, Mixup(0.0, 1.0, num_classes=C))
+    assert [images for _, images in plain._pre_decode_ops()] == [{"image": (32, 32)}]
+
+
+def test_pasted_cutmix_with_the_python_decoder(jpeg_beton, tmp_path):
+    """Without libturbojpeg 3 the simplejpeg path pastes too: same batches as the swap after
+    decoding there."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "paste.py"
+    script.write_text(
+        "import sys, numpy as np, torch\n"
+        "from fastdata import Loader, libturbojpeg\n"
+        "from fastdata.ops import (RandomResizedCrop, RandomHorizontalFlip, IntDecoder,\n"
+        "                          ToTensor, ToTorchImage, Mixup)\n"
+        "from fastdata.ops.base import BatchOp\n"
+        "assert not libturbojpeg.AVAILABLE\n"
+        "class Identity(BatchOp):\n"
+        "    def __call__(self, batch, ctx): return batch\n"
+        "def run(ops):\n"
+        "    loader = Loader(sys.argv[1], batch_size=24, order='random', seed=5, pipelines={\n"
+        "        'image': [RandomResizedCrop(40), RandomHorizontalFlip(), ToTensor(),\n"
+        "                  ToTorchImage()], 'label': [IntDecoder(), ToTensor()]},\n"
+        "        batch_ops=ops)\n"
+        "    return [x.clone() for x, _ in loader], len(loader._pre_decode)\n"
+        "fused, n1 = run([Mixup(0.0, 1.0, mode='pair', num_classes=10)])\n"
+        "after, n2 = run([Identity(), Mixup(0.0, 1.0, mode='pair', num_classes=10)])\n"
+        "assert (n1, n2) == (1, 0)\n"
+        "assert all(torch.equal(a, b) for a, b in zip(fused, after)), 'differ'\n")
+    env = dict(os.environ, FASTDATA_NO_LIBTURBOJPEG="1")
+    subprocess.run([sys.executable, str(script), jpeg_beton], env=env, check=True, timeout=300)

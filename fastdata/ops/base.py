@@ -32,7 +32,11 @@ class BatchContext:
     params: per-field records of the random decisions drawn for this batch.  An image field's
       record is a dict of ``boxes`` int64[B, 4] (top, left, height, width in stored pixels),
       ``flips`` uint8[B], ``sizes`` and ``original_sizes`` int64[B, 2] (height, width stored,
-      and before max_resolution), and ``output_size`` (height, width)."""
+      and before max_resolution), and ``output_size`` (height, width);
+    plans: what batch ops drew in ``before_decode``, keyed by the op (read back in ``__call__``);
+    pastes: image output name -> (paste_to int64[B], boxes int64[B, 4]): the image decoder
+      writes output region boxes[k] (y0, y1, x0, x1) of sample k into sample paste_to[k]'s
+      output instead of its own (-1: none).  Registered by ``before_decode`` (CutMix)."""
     indices: np.ndarray
     epoch: int
     seed: int
@@ -42,6 +46,8 @@ class BatchContext:
     world_size: int = 1
     names: tuple = ()
     params: dict[str, Any] = field(default_factory=dict)
+    plans: dict[Any, Any] = field(default_factory=dict)
+    pastes: dict[str, tuple] = field(default_factory=dict)
 
 
 class Operation:
@@ -57,6 +63,9 @@ class Decoder(Operation):
 
     #: True for decoders whose per-sample work runs in the worker threads (decode_range).
     parallel = False
+    #: Samples per worker task: few for costly samples (balances the batch's tail across the
+    #: workers), many for cheap ones (each task costs some microseconds of Python under the GIL).
+    task_size = 4
     #: The field classes this decoder reads (checked by bind).
     field_types: tuple = ()
 
@@ -93,8 +102,19 @@ class Decoder(Operation):
 class BatchOp(Operation):
     """A step on the whole batch (torch tensors), after the decoder."""
 
+    #: True when the op maps each pixel on its own, wherever it is in the image (dtype, layout
+    #: view, normalisation, device copy): moving pixels commutes with it, so a CutMix placed
+    #: after it may paste while decoding (see ``before_decode``).
+    position_independent = False
+
     def setup(self, ring_size: int) -> None:
         """Called once with the number of ring slots (to preallocate per-slot outputs)."""
+
+    def before_decode(self, ctx: BatchContext, images: dict[str, tuple[int, int]]) -> None:
+        """Called for batch ops before the batch's decoders start: ``images`` maps the image
+        outputs that only position-independent steps separate from this op to their (height,
+        width); the op may draw its parameters now (into ``ctx.plans``) and register pixel moves
+        for the decoder (``ctx.pastes``).  Default: nothing."""
 
     def __call__(self, batch: Any, ctx: BatchContext) -> Any:
         raise NotImplementedError

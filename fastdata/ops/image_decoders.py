@@ -33,6 +33,7 @@ from .image_kernel import (STATUS_ERROR, STATUS_MISMATCH, STATUS_NEEDS_PYTHON, d
 from .resample import scratch_size
 
 DEFAULT_CROP_RATIO = 224 / 256
+_EMPTY = np.zeros(4, dtype=np.int64)      # an empty paste region
 
 
 class RandomHorizontalFlip(BatchOp):
@@ -63,10 +64,33 @@ class RandomHorizontalFlip(BatchOp):
 VIEW_STRIDE = 16   # RNG op ids of view v: OP_CROP + 16 v, OP_FLIP + 16 v (view 0: the plain ids)
 
 
+def no_paste(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kernel's (order, paste_to, paste_boxes) for n positions decoded in order that paste
+    nothing."""
+    return (np.arange(n, dtype=np.int64), np.full(n, -1, dtype=np.int64),
+            np.zeros((n, 4), dtype=np.int64))
+
+
+def paste_plan(paste_to: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                  np.ndarray]:
+    """(order, paste_to, paste_boxes) for a CutMix between positions k and paste_to[k]: partners
+    are decoded one after the other, by the same worker, so the rows they share are written
+    while still in its cache (decoded far apart, each costs a second trip to memory)."""
+    n = len(paste_to)
+    order = np.arange(n, dtype=np.int64)
+    if n % 2 == 0 and np.array_equal(paste_to[paste_to >= 0],
+                                     (n - 1 - order)[paste_to >= 0]):
+        order = np.stack([order[:n // 2], order[::-1][:n // 2]], axis=1).reshape(-1)
+    return order, np.ascontiguousarray(paste_to, dtype=np.int64), \
+        np.ascontiguousarray(boxes, dtype=np.int64)
+
+
 class ImageDecoder(Decoder):
     """Base of the image decoders: output ``output_size`` (height, width) uint8 RGB."""
 
     parallel = True
+    #: decode_range honours ``ctx.pastes`` (a CutMix drawn before decoding, see Mixup).
+    supports_paste = True
 
     def __init__(self, output_size: Optional[Sequence[int]] = None):
         self.output_size = None if output_size is None else _pair(output_size)
@@ -133,6 +157,11 @@ class ImageDecoder(Decoder):
         # The kernel's arrays: boxes [views, n, 4] and flips [views, n].
         params["all_boxes"] = np.stack([r["boxes"] for r in records])
         params["all_flips"] = np.stack([r["flips"] for r in records])
+        paste = ctx.pastes.get(self.name)
+        if paste is not None and (len(records) > 1 or not self.supports_paste):
+            raise RuntimeError(f"{type(self).__name__} for {self.name!r} cannot paste while "
+                               f"decoding")
+        params["paste"] = paste_plan(*paste) if paste is not None else no_paste(len(idx))
         ctx.params[self.name] = params
 
     def make_worker_state(self) -> dict:
@@ -155,11 +184,12 @@ class ImageDecoder(Decoder):
         params = ctx.params[self.name]
         outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
         status = worker["status"]
+        order, paste_to, paste_boxes = params.get("paste") or no_paste(len(ctx.indices))
         decode_kernel()(self.reader.data, self.modes, self.ptrs, self.sizes, self.widths,
-                     self.heights, ctx.indices, params["all_boxes"], params["all_flips"], start,
-                     stop, outs, worker["region"], worker["scratch"], worker["handle"],
-                     libturbojpeg.AVAILABLE, status)
-        for k in range(start, stop):
+                     self.heights, ctx.indices, order, params["all_boxes"], params["all_flips"],
+                     start, stop, outs, paste_to, paste_boxes, worker["region"],
+                     worker["scratch"], worker["handle"], libturbojpeg.AVAILABLE, status)
+        for k in order[start:stop]:
             if status[k] == STATUS_NEEDS_PYTHON:
                 self._decode_in_python(ctx, k, outs, worker)
             elif status[k] in (STATUS_ERROR, STATUS_MISMATCH):
@@ -177,9 +207,12 @@ class ImageDecoder(Decoder):
         denom = min(_dct_denominator(int(box[2]), int(box[3]), out.shape[1], out.shape[2])
                     for box, out in zip(boxes, outs))
         rgb, scale_y, scale_x = self.decode_jpeg_python(index, denom)
-        for box, flip, out in zip(boxes, flips, outs):
+        _, paste_to, paste_boxes = params.get("paste") or no_paste(len(ctx.indices))
+        for v, (box, flip, out) in enumerate(zip(boxes, flips, outs)):
+            j = int(paste_to[k]) if v == 0 else -1
             resize_decoded(rgb, box[0] * scale_y, box[1] * scale_x, box[2] * scale_y,
-                           box[3] * scale_x, out[k], bool(flip), worker["scratch"])
+                           box[3] * scale_x, out[k], bool(flip), worker["scratch"],
+                           out[j] if j >= 0 else out[k], paste_boxes[k] if j >= 0 else _EMPTY)
 
     def decode_jpeg_python(self, index: int, denom: int) -> tuple[np.ndarray, float, float]:
         """Sample ``index``'s whole JPEG decoded by simplejpeg (GIL released) at about 1/denom

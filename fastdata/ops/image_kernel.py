@@ -1,4 +1,5 @@
-"""The per-sample image kernel: decode the box's region at the right DCT scale, resize, flip.
+"""The per-sample image kernel: decode the box's region at the right DCT scale, resize, flip,
+and (for a CutMix planned before decoding) write the pasted region straight into the partner.
 
 Runs in the loader's worker threads with no GIL.  Every pointer, size and image dimension it is
 given was validated by the Reader when the file was opened; the JPEG's own header is checked
@@ -11,7 +12,7 @@ from numba import njit
 
 from .. import libturbojpeg
 from ..libturbojpeg import MCU_WIDTH, decode_region, read_header, scaled
-from .resample import resize_crop_into
+from .resample import resize_crop_paste_into
 
 STATUS_OK = 0
 STATUS_WARNING = 1          # libjpeg decoded corrupt data as best it could (accepted, as FFCV)
@@ -33,40 +34,62 @@ def _denominator(box_h: int, box_w: int, out_h: int, out_w: int) -> int:
 
 @njit(cache=True, nogil=True)
 def resize_decoded(image: np.ndarray, top: float, left: float, height: float, width: float,
-                   dst: np.ndarray, flip: bool, scratch: np.ndarray) -> None:
-    """Resize the box of an already decoded H x W x 3 image into dst."""
-    resize_crop_into(image, top, left, height, width, dst, flip, scratch)
+                   dst: np.ndarray, flip: bool, scratch: np.ndarray, paste_dst: np.ndarray,
+                   paste_box: np.ndarray) -> None:
+    """Resize the box of an already decoded H x W x 3 image into dst; output region
+    ``paste_box`` (y0, y1, x0, x1; empty for none) goes to ``paste_dst`` instead."""
+    resize_crop_paste_into(image, top, left, height, width, dst, flip, scratch, paste_dst,
+                           paste_box[0], paste_box[1], paste_box[2], paste_box[3])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _resize_view(image: np.ndarray, top: float, left: float, height: float, width: float,
+                 outs: tuple, v: int, k: int, flip: bool, scratch: np.ndarray,
+                 paste_to: np.ndarray, paste_boxes: np.ndarray) -> None:
+    """View v of sample k into outs[v][k]; view 0's paste region into outs[0][paste_to[k]]."""
+    out = outs[v]
+    j = paste_to[k] if v == 0 else -1
+    if j < 0:
+        resize_crop_paste_into(image, top, left, height, width, out[k], flip, scratch, out[k],
+                               0, 0, 0, 0)
+    else:
+        resize_crop_paste_into(image, top, left, height, width, out[k], flip, scratch, out[j],
+                               paste_boxes[k, 0], paste_boxes[k, 1], paste_boxes[k, 2],
+                               paste_boxes[k, 3])
 
 
 @njit(cache=True, nogil=True)
 def _resize_raw(data: np.ndarray, ptr: int, size: int, height: int, width: int,
                 boxes: np.ndarray, flips: np.ndarray, k: int, outs: tuple,
-                scratch: np.ndarray) -> None:
+                scratch: np.ndarray, paste_to: np.ndarray, paste_boxes: np.ndarray) -> None:
     """Every view of raw sample k, read in place from the file."""
     image = data[ptr:ptr + size].reshape((height, width, 3))
     for v in range(len(outs)):
-        resize_crop_into(image, float(boxes[v, k, 0]), float(boxes[v, k, 1]),
-                         float(boxes[v, k, 2]), float(boxes[v, k, 3]), outs[v][k],
-                         flips[v, k] != 0, scratch)
+        _resize_view(image, float(boxes[v, k, 0]), float(boxes[v, k, 1]),
+                     float(boxes[v, k, 2]), float(boxes[v, k, 3]), outs, v, k,
+                     flips[v, k] != 0, scratch, paste_to, paste_boxes)
 
 
 @njit(cache=True, nogil=True)
 def decode_range_raw_only(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray,
                           sizes: np.ndarray, widths: np.ndarray, heights: np.ndarray,
-                          indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, start: int,
-                          stop: int, outs: tuple, region: np.ndarray, scratch: np.ndarray,
-                          handle: int, use_turbo: bool, status: np.ndarray) -> None:
+                          indices: np.ndarray, order: np.ndarray, boxes: np.ndarray,
+                          flips: np.ndarray, start: int, stop: int, outs: tuple,
+                          paste_to: np.ndarray, paste_boxes: np.ndarray, region: np.ndarray,
+                          scratch: np.ndarray, handle: int, use_turbo: bool,
+                          status: np.ndarray) -> None:
     """decode_range without libturbojpeg 3 (which this function must not reference: its symbols
     are unresolved where the library is missing): raw samples here, JPEGs marked for the Python
     fallback."""
-    for k in range(start, stop):
+    for t in range(start, stop):
+        k = order[t]
         index = indices[k]
         if modes[index] == MODE_JPG:
             status[k] = STATUS_NEEDS_PYTHON
         else:
             status[k] = STATUS_OK
             _resize_raw(data, ptrs[index], sizes[index], heights[index], widths[index], boxes,
-                        flips, k, outs, scratch)
+                        flips, k, outs, scratch, paste_to, paste_boxes)
 
 
 def decode_kernel():
@@ -76,24 +99,29 @@ def decode_kernel():
 
 @njit(cache=True, nogil=True)
 def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: np.ndarray,
-                 widths: np.ndarray, heights: np.ndarray, indices: np.ndarray, boxes: np.ndarray,
-                 flips: np.ndarray, start: int, stop: int, outs: tuple, region: np.ndarray,
+                 widths: np.ndarray, heights: np.ndarray, indices: np.ndarray, order: np.ndarray,
+                 boxes: np.ndarray, flips: np.ndarray, start: int, stop: int, outs: tuple,
+                 paste_to: np.ndarray, paste_boxes: np.ndarray, region: np.ndarray,
                  scratch: np.ndarray, handle: int, use_turbo: bool, status: np.ndarray) -> None:
-    """Decode samples indices[start:stop] into outs[v][start:stop] for each view v; status[k]
-    says how it went.
+    """Decode the batch positions order[start:stop]: position k is sample indices[k], into
+    outs[v][k] for each view v; status[k] says how it went.
 
     boxes[v, k] = (top, left, height, width) in stored pixels and flips[v, k] for view v of
-    sample k.  A JPEG is decoded once per sample, over the union of its views' boxes, at the
-    smallest DCT scale that still leaves every view's box at least its output size."""
+    position k.  paste_to[k] >= 0 sends view 0's output region paste_boxes[k] = (y0, y1, x0,
+    x1) to outs[0][paste_to[k]] instead (a CutMix planned before decoding); -1: no paste.
+    A JPEG is decoded once per sample, over the union of its views' boxes, at the smallest DCT
+    scale that still leaves every view's box at least its output size."""
     views = len(outs)
     info = np.zeros(3, dtype=np.int32)
-    for k in range(start, stop):
+    for t in range(start, stop):
+        k = order[t]
         index = indices[k]
         ptr, size = ptrs[index], sizes[index]
         height, width = heights[index], widths[index]
         status[k] = STATUS_OK
         if modes[index] != MODE_JPG:
-            _resize_raw(data, ptr, size, height, width, boxes, flips, k, outs, scratch)
+            _resize_raw(data, ptr, size, height, width, boxes, flips, k, outs, scratch, paste_to,
+                        paste_boxes)
             continue
         if not use_turbo:
             status[k] = STATUS_NEEDS_PYTHON
@@ -132,6 +160,6 @@ def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: n
             continue
         status[k] = result
         for v in range(views):
-            resize_crop_into(pixels, boxes[v, k, 0] / denom - y0, boxes[v, k, 1] / denom - x0,
-                             boxes[v, k, 2] / denom, boxes[v, k, 3] / denom, outs[v][k],
-                             flips[v, k] != 0, scratch)
+            _resize_view(pixels, boxes[v, k, 0] / denom - y0, boxes[v, k, 1] / denom - x0,
+                         boxes[v, k, 2] / denom, boxes[v, k, 3] / denom, outs, v, k,
+                         flips[v, k] != 0, scratch, paste_to, paste_boxes)

@@ -22,6 +22,15 @@ Differences from timm, all deliberate:
 - uint8 images are mixed the way timm's ``FastCollateMixup`` mixes them: in float32, rounded
   half to even, back to uint8.  Float images (float32 / float16 / bfloat16) are mixed in their
   own dtype, as ``Mixup`` does.  CutMix copies pixels and works for any dtype.
+- CutMix in the loader, batch and pair modes: the parameters are drawn before the batch is
+  decoded (``before_decode``) and the image decoder writes each image's box region straight into
+  its partner's output (partners share the box), so no pixel is moved after decoding.  This
+  needs only position-independent steps between the decoder and Mixup (ToTensor, ToTorchImage,
+  ToDevice, Normalize, Convert, in the pipeline and in the batch ops before it); otherwise, and
+  in elem mode, the regions are swapped after decoding.  Both give the same batches bit for
+  bit.
+- On the CPU the targets are computed with numpy and one Numba pass, not torch ops: torch's
+  OpenMP threads would spin on the cores the decoding workers need.
 - The images may be ``[B, C, H, W]`` (any memory format: the channels_last view ToTorchImage
   makes is fine) or ``[B, H, W, C]`` (before ToTorchImage), on the CPU or on the GPU.  They are
   mixed in place (the tensor handed in is the batch being produced, in the loader's ring slot or
@@ -119,14 +128,25 @@ def _smoothing_values(num_classes: int, eps: float) -> tuple[float, float]:
 
 def _dense_target(label: torch.Tensor, num_classes: int, eps: float, device: Any,
                   who: str) -> torch.Tensor:
-    """Integer ids [B] / [B, 1] -> one-hot with timm's on/off values; dense [B, C] -> smoothed."""
+    """Integer ids [B] / [B, 1] -> one-hot with timm's on/off values; dense [B, C] -> smoothed.
+
+    On the CPU the arithmetic is numpy's (the same float32 / float64 operations torch would do):
+    torch's own CPU ops run on its OpenMP threads, which then spin on the cores the loader's
+    decoding workers need."""
     if not isinstance(label, torch.Tensor):
         raise TypeError(f"{who}: the label must be a torch tensor, got {type(label).__name__}")
+    on_cpu = torch.device(device).type == "cpu" and label.device.type == "cpu"
     if label.is_floating_point():
         if label.dim() != 2 or label.shape[1] != num_classes:
             raise ValueError(f"{who}: a dense target must be [B, {num_classes}], got "
                              f"{tuple(label.shape)}")
         dtype = torch.promote_types(label.dtype, torch.float32)
+        if on_cpu and dtype in (torch.float32, torch.float64):
+            y = label.numpy().astype(np.float32 if dtype == torch.float32 else np.float64)
+            if eps > 0:      # y * (1 - eps) + eps / C, each scalar cast to y's dtype as torch does
+                y *= y.dtype.type(1.0 - eps)
+                y += y.dtype.type(eps / num_classes)
+            return torch.from_numpy(y)
         y = label.to(device=device, dtype=dtype)
         if eps > 0:
             y = y * (1.0 - eps) + eps / num_classes
@@ -145,9 +165,30 @@ def _dense_target(label: torch.Tensor, num_classes: int, eps: float, device: Any
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"{who}: label {lo if lo < 0 else hi} is outside [0, {num_classes})")
     on, off = _smoothing_values(num_classes, eps)
+    if on_cpu:
+        ids = label.numpy().astype(np.int64)
+        y = np.full((len(ids), num_classes), off, dtype=np.float32)
+        y[np.arange(len(ids)), ids] = on
+        return torch.from_numpy(y)
     ids = label.to(device=device, dtype=torch.int64, non_blocking=True).view(-1, 1)
     return torch.full((len(ids), num_classes), off, dtype=torch.float32,
                       device=device).scatter_(1, ids, on)
+
+
+@njit(cache=True, nogil=True)
+def _mix_target_rows(y: np.ndarray, partner: np.ndarray, region: np.ndarray,
+                     use_region: np.ndarray, lam: np.ndarray, rest: np.ndarray,
+                     out: np.ndarray) -> None:
+    """out[i] = y[i] * lam[i] + s * rest[i], s = region[i] where use_region[i], else
+    y[partner[i]]; each product rounded to the dtype, then the sum (torch's two-op order).
+    One pass where torch makes a copy per operation."""
+    for i in range(y.shape[0]):
+        a = y[i]
+        b = region[i] if use_region[i] else y[partner[i]]
+        li, ri = lam[i], rest[i]
+        o = out[i]
+        for c in range(y.shape[1]):
+            o[c] = a[c] * li + b[c] * ri
 
 
 def _position(ctx: BatchContext, name: str, who: str) -> int:
@@ -540,6 +581,24 @@ class Mixup(BatchOp):
         return boxes, ((y1 - y0) * (x1 - x0)).astype(np.float64)
 
     # -- the op ----------------------------------------------------------------------------------
+    def before_decode(self, ctx: BatchContext, images: dict[str, tuple[int, int]]) -> None:
+        """Batch and pair modes: draw the batch's mixing before it is decoded and let the image
+        decoder do the CutMix.  Partners share their box there, so each image's box region is
+        written straight into its partner's output and nothing is moved afterwards (swapping
+        the regions of a decoded batch costs as much as a tenth of its decoding on the CPU).
+        Elem mode keeps the swap: its partners' boxes differ."""
+        size = images.get(self.image)
+        n = len(ctx.indices)
+        if size is None or self.mode == "elem" or n % 2 or self.image in ctx.pastes:
+            return
+        p = self.draw(ctx, n, *size)
+        boxes = p["boxes"]
+        pasted = p["use_cutmix"] & p["mixed"] & (boxes[:, 1] > boxes[:, 0]) & \
+            (boxes[:, 3] > boxes[:, 2])
+        if pasted.any():
+            ctx.pastes[self.image] = (np.where(pasted, p["partner"], -1), boxes)
+        ctx.plans[self] = {**p, "pasted": pasted, "size": (n, *size)}
+
     def __call__(self, batch: tuple, ctx: BatchContext) -> tuple:
         """Mix the outputs named ``image`` and ``label``; record in ``ctx.params['mix']``:
         ``mode``; ``lam``: float (batch mode) or float32 tensor [B] (pair, elem), after the area
@@ -559,7 +618,13 @@ class Mixup(BatchOp):
                              f"B-1-i), got {size}: use an even batch_size and drop_last=True")
         if len(labels) != size:
             raise ValueError(f"Mixup: {size} images but {len(labels)} labels")
-        p = self.draw(ctx, size, v.shape[2], v.shape[3])
+        p = ctx.plans.pop(self, None)
+        if p is None:
+            p = self.draw(ctx, size, v.shape[2], v.shape[3])
+        elif p["size"] != (size, v.shape[2], v.shape[3]):
+            raise ValueError(f"Mixup: the decoder pasted CutMix boxes for {p['size'][1]}x"
+                             f"{p['size'][2]} images, but output {self.image!r} is "
+                             f"{tuple(v.shape)} ({self.layout} layout)")
         self._mix_pixels(v, p)
         target = self._mix_targets(labels, p, ctx, v.device)
         if self.mode == "batch":
@@ -581,7 +646,10 @@ class Mixup(BatchOp):
             return
         boxes = p["boxes"]
         mix_rows = mixed & ~cut
-        cut_rows = np.flatnonzero(cut & (boxes[:, 1] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 2]))
+        cut_rows = cut & (boxes[:, 1] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 2])
+        if "pasted" in p:
+            cut_rows &= ~p["pasted"]          # the decoder has pasted those
+        cut_rows = np.flatnonzero(cut_rows)
         lam = p["lam"] if self.mode != "batch" else float(p["lam"][0])
         flat = _rows_flat(v) if v.device.type == "cpu" and v.dtype in _NUMBA_DTYPES else None
         if flat is not None:
@@ -627,10 +695,24 @@ class Mixup(BatchOp):
 
     def _mix_targets(self, labels: torch.Tensor, p: dict, ctx: BatchContext,
                      device: torch.device) -> torch.Tensor:
+        """``lam * y + (1 - lam) * y[partner]`` (or the pasted region's own label), with timm's
+        rounding: a batch lambda is a float (1 - lam in float64), per-row lambdas float32."""
         eps, classes = self.label_smoothing, self.num_classes
         y = _dense_target(labels, classes, eps, device, "Mixup")
         if not p["mixed"].any():
             return y
+        cut = p["use_cutmix"] & p["mixed"]
+        region = None
+        if self.region_target is not None and cut.any():
+            region = self.region_target(ctx, p["partner"].copy(), p["boxes"].copy())
+            if not isinstance(region, torch.Tensor) or tuple(region.shape) != tuple(y.shape):
+                raise ValueError(f"region_target must return a tensor of shape "
+                                 f"{tuple(y.shape)}, got "
+                                 f"{getattr(region, 'shape', type(region).__name__)}")
+            region = _dense_target(region.to(device=device, dtype=y.dtype), classes, eps,
+                                   device, "Mixup region_target")      # smoothed like y
+        if y.device.type == "cpu" and y.dtype in (torch.float32, torch.float64):
+            return self._mix_targets_numba(y, p, cut if region is not None else None, region)
         y_partner = y.flip(0)
         if self.mode == "batch":
             lam = float(p["lam"][0])
@@ -639,19 +721,35 @@ class Mixup(BatchOp):
             lam = torch.from_numpy(p["lam"].astype(np.float32)).to(
                 device=device, dtype=y.dtype).view(-1, 1)
             target = y * lam + y_partner * (1 - lam)
-        cut = p["use_cutmix"] & p["mixed"]
-        if self.region_target is not None and cut.any():
-            region = self.region_target(ctx, p["partner"].copy(), p["boxes"].copy())
-            if not isinstance(region, torch.Tensor) or tuple(region.shape) != tuple(y.shape):
-                raise ValueError(f"region_target must return a tensor of shape "
-                                 f"{tuple(y.shape)}, got "
-                                 f"{getattr(region, 'shape', type(region).__name__)}")
-            region = region.to(device=device, dtype=y.dtype)
-            if eps > 0:
-                region = region * (1.0 - eps) + eps / classes
+        if region is not None:
             rows = torch.from_numpy(np.flatnonzero(cut)).to(device)
             lam_rows = torch.from_numpy(p["lam"][cut].astype(
                 np.float64 if self.mode == "batch" else np.float32)).to(
                 device=device, dtype=y.dtype).view(-1, 1)
             target[rows] = y[rows] * lam_rows + region[rows] * (1 - lam_rows)
         return target
+
+    def _mix_targets_numba(self, y: torch.Tensor, p: dict, region_rows: Optional[np.ndarray],
+                           region: Optional[torch.Tensor]) -> torch.Tensor:
+        """The CPU path of _mix_targets, the same values bit for bit, in one pass."""
+        dtype = y.numpy().dtype.type
+        if self.mode == "batch":       # a float lambda: 1 - lam in float64, then cast
+            lam = p["lam"].astype(np.float64)
+            big, rest = lam.astype(dtype), (1.0 - lam).astype(dtype)
+        else:                          # a float32 tensor cast to y's dtype: 1 - lam there
+            big = p["lam"].astype(np.float32).astype(dtype)
+            rest = dtype(1) - big
+        use_region = np.zeros(len(big), dtype=np.bool_)
+        regions = y.numpy()[:0]
+        if region_rows is not None:
+            use_region = region_rows
+            regions = region.numpy()
+            # The region rows' lambdas go through the same cast as in the torch path.
+            lam_rows = p["lam"].astype(np.float64 if self.mode == "batch" else np.float32)
+            big = np.where(use_region, lam_rows.astype(dtype), big)
+            rest = np.where(use_region, dtype(1) - lam_rows.astype(dtype), rest)
+        out = np.empty_like(y.numpy())
+        _mix_target_rows(y.numpy(), np.ascontiguousarray(p["partner"], dtype=np.int64),
+                         np.ascontiguousarray(regions), use_region, big.astype(dtype),
+                         rest.astype(dtype), out)
+        return torch.from_numpy(out)

@@ -35,7 +35,7 @@ from ..fields.reinforce import ReinforcementField, first_bad_record
 from ..reader import SampleError
 from ..rng import OP_REPLAY, draws
 from .base import BatchContext, Decoder
-from .image_decoders import ImageDecoder, RandomHorizontalFlip, _dct_denominator
+from .image_decoders import ImageDecoder, RandomHorizontalFlip, _dct_denominator, no_paste
 from .image_kernel import (STATUS_ERROR, STATUS_MISMATCH, STATUS_NEEDS_PYTHON, decode_kernel,
                            resize_decoded)
 from .targets import _MODE_IDS, DENSIFY_MODES, densify
@@ -128,29 +128,37 @@ def mix_range(out: np.ndarray, partner: np.ndarray, positions: np.ndarray, mixup
               cutmix: np.ndarray, cut_boxes: np.ndarray) -> None:
     """For m in range(len(positions)): mix partner[m] into out[positions[m]]: mixup
     (floor(lam x + (1 - lam) x2 + 0.5), float64) when mixup[m] is not NaN, then cutmix (rows
-    r1:r2, columns c1:c2 copied) when cutmix[m] is not NaN."""
-    height, width = out.shape[1], out.shape[2]
+    r1:r2, columns c1:c2 copied) when cutmix[m] is not NaN.  out and partner are C-contiguous
+    [n, H, W, 3] uint8."""
     for m in range(len(positions)):
         dst = out[positions[m]]
         src = partner[m]
         lam = mixup[m]
         if not np.isnan(lam):
-            for y in range(height):
-                for x in range(width):
-                    for c in range(3):
-                        v = lam * np.float64(dst[y, x, c]) + (1.0 - lam) * np.float64(src[y, x, c])
-                        dst[y, x, c] = np.uint8(np.floor(v + 0.5))
+            _blend(dst.reshape(-1), src.reshape(-1), lam, 1.0 - lam)
         if not np.isnan(cutmix[m]):
+            row = dst.shape[1] * 3
+            a, b = cut_boxes[m, 1] * 3, cut_boxes[m, 3] * 3
+            flat_dst, flat_src = dst.reshape(-1), src.reshape(-1)
             for y in range(cut_boxes[m, 0], cut_boxes[m, 2]):
-                for x in range(cut_boxes[m, 1], cut_boxes[m, 3]):
-                    for c in range(3):
-                        dst[y, x, c] = src[y, x, c]
+                flat_dst[y * row + a:y * row + b] = flat_src[y * row + a:y * row + b]
+
+
+@njit(cache=True, nogil=True)
+def _blend(dst: np.ndarray, src: np.ndarray, lam: float, rest: float) -> None:
+    """dst = floor(lam * dst + rest * src + 0.5) in float64, over flat uint8 arrays: one flat
+    loop with unsigned indices, which vectorises (nested y, x, c loops ran 7x slower)."""
+    for t in range(np.uint64(dst.shape[0])):
+        v = lam * np.float64(dst[t]) + rest * np.float64(src[t])
+        dst[t] = np.uint8(np.floor(v + 0.5))
 
 
 class ReplayedCrop(ImageDecoder):
     """Replays one stored augmentation per sample from ReinforcementField ``reinforce``: its
     crop, flip and (with a partner) mixup/cutmix, at ``output_size`` (see the module docstring).
     The choice is kept in ``ctx.params[image]['replay']`` ('choice', 'records', ...)."""
+
+    supports_paste = False     # its own mixing reads the decoded pixels after decoding
 
     def __init__(self, output_size: Any = 224, reinforce: str = "reinforce"):
         super().__init__(output_size)
@@ -249,9 +257,11 @@ class ReplayedCrop(ImageDecoder):
         pidx = rp["partner_indices"][m0:m1]
         pboxes = np.ascontiguousarray(rp["partner_boxes"][:, m0:m1])
         pflips = np.ascontiguousarray(rp["partner_flips"][:, m0:m1])
+        order, paste_to, paste_boxes = no_paste(n)
         decode_kernel()(self.reader.data, self.modes, self.ptrs, self.sizes, self.widths,
-                     self.heights, pidx, pboxes, pflips, 0, n, (buf,), worker["region"],
-                     worker["scratch"], worker["handle"], libturbojpeg.AVAILABLE, status)
+                     self.heights, pidx, order, pboxes, pflips, 0, n, (buf,), paste_to,
+                     paste_boxes, worker["region"], worker["scratch"], worker["handle"],
+                     libturbojpeg.AVAILABLE, status)
         for m in range(n):
             if status[m] == STATUS_NEEDS_PYTHON:
                 self._decode_one_python(int(pidx[m]), pboxes[0, m], bool(pflips[0, m]), buf[m],
@@ -269,7 +279,7 @@ class ReplayedCrop(ImageDecoder):
         denom = _dct_denominator(int(box[2]), int(box[3]), dst.shape[0], dst.shape[1])
         rgb, sy, sx = self.decode_jpeg_python(index, denom)
         resize_decoded(rgb, box[0] * sy, box[1] * sx, box[2] * sy, box[3] * sx, dst, flip,
-                       worker["scratch"])
+                       worker["scratch"], dst, np.zeros(4, dtype=np.int64))
 
 
 class ReplayTargets(Decoder):

@@ -109,6 +109,17 @@ def resize_crop_into(src, y0, x0, h, w, dst, flip, scratch):
 
     ``scratch``: float32, at least ``scratch_size(out_h, out_w, H, W)`` elements, not shared between
     threads running at the same time. Allocates nothing and holds no GIL."""
+    resize_crop_paste_into(src, y0, x0, h, w, dst, flip, scratch, dst, 0, 0, 0, 0)
+
+
+@njit(nogil=True, cache=True)
+def resize_crop_paste_into(src, y0, x0, h, w, dst, flip, scratch, paste_dst, py0, py1, px0, px1):
+    """``resize_crop_into``, except that output rows [py0, py1) x columns [px0, px1) (output
+    pixels, after the flip) go to ``paste_dst`` (same shape as ``dst``) instead of ``dst``.
+
+    This is CutMix done while decoding: the region of this image that its partner receives is
+    written straight into the partner's output, and this image's own copy of the region is left
+    for the partner to fill, so no pixel is moved twice.  An empty region writes all to dst."""
     H, W = src.shape[0], src.shape[1]
     out_h, out_w = dst.shape[0], dst.shape[1]
     if src.shape[2] != 3 or dst.shape[2] != 3:
@@ -125,6 +136,13 @@ def resize_crop_into(src, y0, x0, h, w, dst, flip, scratch):
     bw = bx1 - bx0
     if not (bh > 0.0 and bw > 0.0) or out_h < 1 or out_w < 1:
         raise ValueError("empty crop box or output")
+    if py1 > py0 and px1 > px0:
+        if (paste_dst.shape[0] != out_h or paste_dst.shape[1] != out_w
+                or paste_dst.shape[2] != 3 or paste_dst.strides[2] != 1
+                or paste_dst.strides[1] != 3):
+            raise ValueError("paste_dst must have dst's shape, with contiguous rows")
+        if py0 < 0 or px0 < 0 or py1 > out_h or px1 > out_w:
+            raise ValueError("paste region outside the output")
 
     kh = int(math.ceil(max(bh / out_h, 1.0))) * 2 + 1
     kw = int(math.ceil(max(bw / out_w, 1.0))) * 2 + 1
@@ -171,8 +189,21 @@ def resize_crop_into(src, y0, x0, h, w, dst, flip, scratch):
         _vertical(src, ystart[i], ycount[i], wy, i * kh, ca, cn, tmp_a)
         _vertical(src, ystart[i2], ycount[i2], wy, i2 * kh, ca, cn, tmp_b)
         _horizontal(tmp_a, tmp_b, xstart, wx, kw, kx, out_a, out_b, flip)
-        _store(out_a, _flat_row(dst, i))
-        _store(out_b, _flat_row(dst, i2))
+        _store_row(out_a, dst, i, paste_dst, py0, py1, px0, px1)
+        _store_row(out_b, dst, i2, paste_dst, py0, py1, px0, px1)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _store_row(vals, dst, y, paste_dst, py0, py1, px0, px1):
+    """Store output row y; its columns [px0, px1) go to paste_dst when py0 <= y < py1."""
+    row = _flat_row(dst, y)
+    if y < py0 or y >= py1 or px1 <= px0:
+        _store(vals, row, 0, row.shape[0])
+        return
+    a, b = 3 * px0, 3 * px1
+    _store(vals, row, 0, a)
+    _store(vals, _flat_row(paste_dst, y), a, b)
+    _store(vals, row, b, row.shape[0])
 
 
 @njit(nogil=True, cache=True)
@@ -237,11 +268,12 @@ def _horizontal(tmp_a, tmp_b, xstart, wx, kw, kx, out_a, out_b, flip):
 
 
 @njit(nogil=True, cache=True)
-def _store(vals, row):
-    """row = floor(vals) as uint8: the weights are >= 0 and sum to 1, so vals (which include the
-    +0.5) lie in [0.5, 255.5] up to float error; only the top needs clamping."""
+def _store(vals, row, start, stop):
+    """row[start:stop] = floor(vals[start:stop]) as uint8: the weights are >= 0 and sum to 1, so
+    vals (which include the +0.5) lie in [0.5, 255.5] up to float error; only the top needs
+    clamping."""
     top = np.float32(255.0)
-    for t in range(row.shape[0]):
+    for t in range(np.uint64(start), np.uint64(stop)):    # unsigned: no negative-index fix-up
         row[t] = np.uint8(min(vals[t], top))
 
 

@@ -15,6 +15,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ToTensor(BatchOp):
     """numpy batch -> torch tensor sharing its memory (no copy).  Lists pass through."""
 
+    position_independent = True
+
     def __call__(self, batch: Any, ctx: BatchContext) -> Any:
         return torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
 
@@ -22,6 +24,8 @@ class ToTensor(BatchOp):
 class ToTorchImage(BatchOp):
     """uint8 [B, H, W, C] -> [B, C, H, W]: a view in channels_last memory format (no copy), or
     a contiguous NCHW copy with ``channels_last=False``."""
+
+    position_independent = True
 
     def __init__(self, channels_last: bool = True):
         self.channels_last = channels_last
@@ -36,6 +40,8 @@ class ToTorchImage(BatchOp):
 class ToDevice(BatchOp):
     """Copy the batch to ``device``.  From the loader's pinned ring buffers the copy is
     asynchronous (``non_blocking``) on the loader's side CUDA stream, so it overlaps compute."""
+
+    position_independent = True
 
     def __init__(self, device: Any = "cuda", non_blocking: bool = True):
         self.device = torch.device(device)
@@ -52,6 +58,8 @@ class Normalize(BatchOp):
     on whatever device the batch is on.  ``mean`` and ``std`` are in [0, 1] units, as in
     torchvision; images may be [B, C, H, W] (after ToTorchImage) or [B, H, W, C].
     On the CPU the result goes into a per-slot buffer, reused: no allocation per batch."""
+
+    position_independent = True
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  dtype: torch.dtype = torch.float32, pixel_scale: float = 255.0):
@@ -125,6 +133,8 @@ class Squeeze(BatchOp):
 
 class Convert(BatchOp):
     """Cast the batch to ``dtype``."""
+
+    position_independent = True
 
     def __init__(self, dtype: torch.dtype):
         self.dtype = dtype
