@@ -92,15 +92,16 @@ def build(data_dir: str, work: str, count: int) -> dict:
     maps = [label_map(rng) for _ in samples]
     paths["relabel"] = os.path.join(work, "relabel.beton")
     DatasetWriter(paths["relabel"], {"image": RGBImageField(**image), "label": IntField(),
-                                     "relabel": LabelMapField()}).from_indexed_dataset(
+                                     "relabel": LabelMapField()},
+                  progress=False).from_indexed_dataset(
         [(path, label, maps[i]) for i, (path, label) in enumerate(samples)])
     for name, share in (("replay", 0.0), ("replay_mixed", 0.3)):
         rng = np.random.default_rng(1)
         recs = [records(rng, i, w, h, NUM_AUGS, share, sizes) for i, (w, h) in enumerate(sizes)]
         paths[name] = os.path.join(work, f"{name}.beton")
         DatasetWriter(paths[name], {"image": RGBImageField(**image), "label": IntField(),
-                                    "reinforce": ReinforcementField(NUM_AUGS, TOP_K)}
-                      ).from_indexed_dataset([(path, label, recs[i])
+                                    "reinforce": ReinforcementField(NUM_AUGS, TOP_K)},
+                      progress=False).from_indexed_dataset([(path, label, recs[i])
                                               for i, (path, label) in enumerate(samples)])
     return paths
 
