@@ -34,7 +34,6 @@ from .reader import Reader, SampleError
 from .writer import default_workers
 
 
-
 def default_decoder(field: Any) -> Decoder:
     """FFCV's default decoder for a field type (and ours for fastdata's own types)."""
     from .fields import LabelMapField, ReinforcementField, TopKField

@@ -449,7 +449,7 @@ class Spy:
         return batch
 
 
-def mix_loader(path, mixup=None, spy=None, normalize=False, **kwargs):
+def mix_loader(path, *ops, normalize=False, **kwargs):
     kwargs.setdefault("batch_size", 8)
     kwargs.setdefault("num_workers", 2)
     kwargs.setdefault("order", "random")
@@ -457,7 +457,7 @@ def mix_loader(path, mixup=None, spy=None, normalize=False, **kwargs):
     image = [RandomResizedCrop(32), RandomHorizontalFlip(), ToTensor(), ToTorchImage()]
     if normalize:
         image.append(Normalize())
-    ops = [op for op in (mixup, spy) if op is not None]
+    ops = [op for op in ops if op is not None]
     return Loader(path, pipelines={"image": image, "label": [IntDecoder(), ToTensor()]},
                   batch_ops=ops, **kwargs)
 
@@ -589,10 +589,7 @@ def test_cutmix_pasted_while_decoding_equals_cutmix_after(jpeg_beton, mode):
     make = lambda: Mixup(0.8, 1.0, mode=mode, prob=0.9, num_classes=C)   # noqa: E731
     fused_spy, after_spy = PasteSpy(), PasteSpy()
     fused = epoch_batches(mix_loader(jpeg_beton, make(), fused_spy, **kw))
-    loader = mix_loader(jpeg_beton, None, None, **kw)
-    loader.batch_ops[:] = [Identity(), make(), after_spy]
-    loader._pre_decode = loader._pre_decode_ops()
-    after = epoch_batches(loader)
+    after = epoch_batches(mix_loader(jpeg_beton, Identity(), make(), after_spy, **kw))
     assert fused_spy.pasted and not after_spy.pasted
     assert [len(x) for x, _ in fused] == [10, 10, 10, 10, 8]
     cuts = sum(bool(np.any(p["use_cutmix"])) for p in fused_spy.seen.values())

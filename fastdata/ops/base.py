@@ -108,7 +108,9 @@ class BatchOp(Operation):
     position_independent = False
 
     def setup(self, ring_size: int) -> None:
-        """Called once with the number of ring slots (to preallocate per-slot outputs)."""
+        """Called once with the number of ring slots (to preallocate per-slot outputs).  Ops
+        that keep per-slot buffers (Normalize, Mixup) serve one running Loader at a time: give
+        two loaders that iterate at once their own op objects."""
 
     def before_decode(self, ctx: BatchContext, images: dict[str, tuple[int, int]]) -> None:
         """Called for batch ops before the batch's decoders start: ``images`` maps the image

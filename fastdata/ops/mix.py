@@ -127,8 +127,10 @@ def _smoothing_values(num_classes: int, eps: float) -> tuple[float, float]:
 
 
 def _dense_target(label: torch.Tensor, num_classes: int, eps: float, device: Any,
-                  who: str) -> torch.Tensor:
+                  who: str, copy: bool = True) -> torch.Tensor:
     """Integer ids [B] / [B, 1] -> one-hot with timm's on/off values; dense [B, C] -> smoothed.
+    ``copy=False`` may return a dense float32 / float64 input itself when there is nothing to
+    change (for callers that only read it).
 
     On the CPU the arithmetic is numpy's (the same float32 / float64 operations torch would do):
     torch's own CPU ops run on its OpenMP threads, which then spin on the cores the loader's
@@ -142,6 +144,8 @@ def _dense_target(label: torch.Tensor, num_classes: int, eps: float, device: Any
                              f"{tuple(label.shape)}")
         dtype = torch.promote_types(label.dtype, torch.float32)
         if on_cpu and dtype in (torch.float32, torch.float64):
+            if not copy and eps == 0 and label.dtype == dtype:
+                return label
             y = label.numpy().astype(np.float32 if dtype == torch.float32 else np.float64)
             if eps > 0:      # y * (1 - eps) + eps / C, each scalar cast to y's dtype as torch does
                 y *= y.dtype.type(1.0 - eps)
@@ -502,6 +506,10 @@ class Mixup(BatchOp):
         self.off_epoch = None if off_epoch is None else int(off_epoch)
         self.layout = layout
         self.mixup_enabled = True
+        self._targets: list = []        # per ring slot: the CPU target buffer, reused
+
+    def setup(self, ring_size: int) -> None:
+        self._targets = [None] * ring_size
 
     # -- parameters ------------------------------------------------------------------------------
     def enabled(self, epoch: int) -> bool:
@@ -698,9 +706,9 @@ class Mixup(BatchOp):
         """``lam * y + (1 - lam) * y[partner]`` (or the pasted region's own label), with timm's
         rounding: a batch lambda is a float (1 - lam in float64), per-row lambdas float32."""
         eps, classes = self.label_smoothing, self.num_classes
-        y = _dense_target(labels, classes, eps, device, "Mixup")
+        y = _dense_target(labels, classes, eps, device, "Mixup", copy=False)
         if not p["mixed"].any():
-            return y
+            return y.clone() if y is labels else y
         cut = p["use_cutmix"] & p["mixed"]
         region = None
         if self.region_target is not None and cut.any():
@@ -712,7 +720,8 @@ class Mixup(BatchOp):
             region = _dense_target(region.to(device=device, dtype=y.dtype), classes, eps,
                                    device, "Mixup region_target")      # smoothed like y
         if y.device.type == "cpu" and y.dtype in (torch.float32, torch.float64):
-            return self._mix_targets_numba(y, p, cut if region is not None else None, region)
+            return self._mix_targets_numba(y, p, cut if region is not None else None, region,
+                                           ctx.slot)
         y_partner = y.flip(0)
         if self.mode == "batch":
             lam = float(p["lam"][0])
@@ -730,8 +739,9 @@ class Mixup(BatchOp):
         return target
 
     def _mix_targets_numba(self, y: torch.Tensor, p: dict, region_rows: Optional[np.ndarray],
-                           region: Optional[torch.Tensor]) -> torch.Tensor:
-        """The CPU path of _mix_targets, the same values bit for bit, in one pass."""
+                           region: Optional[torch.Tensor], slot: int) -> torch.Tensor:
+        """The CPU path of _mix_targets, the same values bit for bit, in one pass, into the
+        slot's target buffer (in the loader; a new array for direct calls)."""
         dtype = y.numpy().dtype.type
         if self.mode == "batch":       # a float lambda: 1 - lam in float64, then cast
             lam = p["lam"].astype(np.float64)
@@ -748,8 +758,19 @@ class Mixup(BatchOp):
             lam_rows = p["lam"].astype(np.float64 if self.mode == "batch" else np.float32)
             big = np.where(use_region, lam_rows.astype(dtype), big)
             rest = np.where(use_region, dtype(1) - lam_rows.astype(dtype), rest)
-        out = np.empty_like(y.numpy())
+        out = self._target_buffer(slot, y.numpy())
         _mix_target_rows(y.numpy(), np.ascontiguousarray(p["partner"], dtype=np.int64),
                          np.ascontiguousarray(regions), use_region, big.astype(dtype),
                          rest.astype(dtype), out)
         return torch.from_numpy(out)
+
+    def _target_buffer(self, slot: int, like: np.ndarray) -> np.ndarray:
+        """A [B, C] array like ``like`` for the batch in ring slot ``slot``: reused while the
+        shape and dtype stay (a batch's CPU tensors live until the next batch is taken, so the
+        slot's previous target is no longer read)."""
+        if not 0 <= slot < len(self._targets):
+            return np.empty_like(like)
+        buffer = self._targets[slot]
+        if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype:
+            buffer = self._targets[slot] = np.empty_like(like)
+        return buffer
