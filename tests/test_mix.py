@@ -378,8 +378,13 @@ def test_dense_targets_are_smoothed_then_mixed(mode):
     assert torch.equal(dense, given)                          # the input target is not touched
     s = dense * 0.9 + 0.1 / C
     lam = p["lam"] if mode == "batch" else p["lam"].view(-1, 1)
-    assert torch.allclose(t, s * lam + s.flip(0) * (1 - lam))
+    assert torch.equal(t, s * lam + s.flip(0) * (1 - lam))   # torch's arithmetic, bit for bit
     assert torch.allclose(t.sum(1), torch.ones(8)) and (t >= 0).all()
+    # without smoothing the input is read in place, never written or handed back
+    plain = Mixup(0.8, 1.0, mode=mode, label_smoothing=0.0, num_classes=C)
+    _, t0, _ = run(plain, images(), dense, ctx_for(b))
+    assert torch.equal(dense, given) and t0.data_ptr() != dense.data_ptr()
+    assert torch.equal(t0, dense * lam + dense.flip(0) * (1 - lam))
     # [B, 1] integer labels work too
     _, t, p = run(op, images(), labels().view(-1, 1), ctx_for(b))
     assert torch.equal(t, timm_target(labels(), lam, 0.1))   # bit for bit
