@@ -430,15 +430,21 @@ def test_region_target_hook(mode):
 N = 48
 
 
-@pytest.fixture(scope="module")
-def beton(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("mix") / "mix.beton")
-    rng = np.random.default_rng(0)
-    samples = [(synthetic_photo(np.random.default_rng((1, i)), int(rng.integers(40, 90)),
-                                int(rng.integers(40, 90))), i % C) for i in range(N)]
-    DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "label": IntField()},
+def write_photos(path, seed, max_side, **image_args):
+    """N synthetic photos of random sizes (40 to max_side px a side), label i % C."""
+    rng = np.random.default_rng(seed)
+    samples = [(synthetic_photo(np.random.default_rng((seed + 1, i)),
+                                int(rng.integers(40, max_side)), int(rng.integers(40, max_side))),
+                i % C) for i in range(N)]
+    DatasetWriter(path, {"image": RGBImageField(**image_args), "label": IntField()},
                   page_size=1 << 21, num_workers=2, progress=False).from_indexed_dataset(samples)
     return path
+
+
+@pytest.fixture(scope="module")
+def beton(tmp_path_factory):
+    return write_photos(str(tmp_path_factory.mktemp("mix") / "mix.beton"), 0, 90,
+                        write_mode="raw")
 
 
 class Spy:
@@ -575,14 +581,8 @@ class PasteSpy(Spy):
 @pytest.fixture(scope="module")
 def jpeg_beton(tmp_path_factory):
     """Proportion mode (JPEG and raw records) with sizes that need DCT scaling."""
-    path = str(tmp_path_factory.mktemp("mixjpg") / "mixed.beton")
-    rng = np.random.default_rng(1)
-    samples = [(synthetic_photo(np.random.default_rng((2, i)), int(rng.integers(40, 200)),
-                                int(rng.integers(40, 200))), i % C) for i in range(N)]
-    DatasetWriter(path, {"image": RGBImageField(write_mode="proportion", jpeg_quality=90),
-                         "label": IntField()},
-                  page_size=1 << 21, num_workers=2, progress=False).from_indexed_dataset(samples)
-    return path
+    return write_photos(str(tmp_path_factory.mktemp("mixjpg") / "mixed.beton"), 1, 200,
+                        write_mode="proportion", jpeg_quality=90)
 
 
 @pytest.mark.parametrize("mode", ["batch", "pair"])
