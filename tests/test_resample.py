@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastdata.ops.resample import (new_scratch, resize_crop_into, resize_crop_reference,
-                                   scratch_size)
+from fastdata.ops.resample import (new_scratch, resize_crop_into, resize_crop_paste_into,
+                                   resize_crop_reference, scratch_size)
 
 
 def photo(rng, h, w):
@@ -167,6 +167,31 @@ def test_box_clamped_to_image_and_bad_boxes_rejected():
     for box in [(0.0, 0.0, 0.0, 10.0), (50.0, 0.0, 5.0, 5.0), (0.0, 60.0, 5.0, 5.0)]:
         with pytest.raises(ValueError):
             kernel(src, box, 8, 8)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_paste_sends_exactly_the_region_to_the_other_output(flip):
+    """resize_crop_paste_into = resize_crop_into, with output region rows y0:y1, columns x0:x1
+    (after the flip; odd sizes, odd bounds) written to paste_dst and left untouched in dst."""
+    src = photo(np.random.default_rng(3), 90, 110)
+    box, (h, w) = (5.5, 7.25, 70.0, 90.0), (33, 41)
+    whole = kernel(src, box, h, w, flip)
+    for y0, y1, x0, x1 in [(3, 20, 5, 40), (0, h, 0, w), (32, 33, 40, 41), (10, 10, 0, w)]:
+        dst = np.full((h, w, 3), 7, np.uint8)
+        other = np.full((h, w, 3), 9, np.uint8)
+        resize_crop_paste_into(src, *box, dst, flip, new_scratch(h, w, 90, 110), other,
+                               y0, y1, x0, x1)
+        inside = np.zeros((h, w), bool)
+        inside[y0:y1, x0:x1] = True
+        assert np.array_equal(dst[~inside], whole[~inside]) and (dst[inside] == 7).all()
+        assert np.array_equal(other[inside], whole[inside]) and (other[~inside] == 9).all()
+    scratch = new_scratch(h, w, 90, 110)
+    for region, target in [((0, h + 1, 0, 5), np.zeros((h, w, 3), np.uint8)),
+                           ((-1, 3, 0, 5), np.zeros((h, w, 3), np.uint8)),
+                           ((0, 3, 0, 5), np.zeros((h, w + 1, 3), np.uint8))]:
+        with pytest.raises(ValueError):
+            resize_crop_paste_into(src, *box, np.zeros((h, w, 3), np.uint8), flip, scratch,
+                                   target, *region)
 
 
 def test_scratch_too_small_is_rejected():

@@ -593,7 +593,7 @@ class Mixup(BatchOp):
         """Batch and pair modes: draw the batch's mixing before it is decoded and let the image
         decoder do the CutMix.  Partners share their box there, so each image's box region is
         written straight into its partner's output and nothing is moved afterwards (swapping
-        the regions of a decoded batch costs as much as a tenth of its decoding on the CPU).
+        the regions of a decoded batch cost ~7% of its decoding time on a 2-core CPU).
         Elem mode keeps the swap: its partners' boxes differ."""
         size = images.get(self.image)
         n = len(ctx.indices)
@@ -718,7 +718,7 @@ class Mixup(BatchOp):
                                  f"{tuple(y.shape)}, got "
                                  f"{getattr(region, 'shape', type(region).__name__)}")
             region = _dense_target(region.to(device=device, dtype=y.dtype), classes, eps,
-                                   device, "Mixup region_target")      # smoothed like y
+                                   device, "Mixup region_target", copy=False)   # smoothed like y
         if y.device.type == "cpu" and y.dtype in (torch.float32, torch.float64):
             return self._mix_targets_numba(y, p, cut if region is not None else None, region,
                                            ctx.slot)
