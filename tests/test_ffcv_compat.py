@@ -13,6 +13,9 @@ c. fastdata's extras (non-zero RGBImageField arguments, a side-table allocation 
    2**64-1) do not disturb FFCV: its Loader in QUASI_RANDOM order, with the OS cache and with its
    process cache, yields every sample exactly once per epoch.
 
+d. files with fastdata's own field types (label maps, reinforcement records, top-k targets) are
+   refused by FFCV's Reader and Loader when opened (an unknown type id), never misread.
+
 Also: a rare FFCV file shape (an empty first value, recorded before the data pages) reads.
 
 The committed fixtures in ../shared/fixtures cover direction b offline; this is the live version.
@@ -596,6 +599,57 @@ def test_ffcv_quasi_random_over_fastdata_file(ffcv_python, tmp_path):
             assert sorted(labels) == list(range(N_C)), (cache, len(labels))
             assert labels != list(range(N_C)), f"{cache}: quasi-random order is sequential"
         assert epochs[0] != epochs[1], f"{cache}: both epochs in the same order"
+
+
+# -- d. fastdata's own field types: FFCV refuses them -------------------------------------------
+
+REFUSE_D = r'''
+import json, sys
+from ffcv.reader import Reader
+from ffcv.loader import Loader
+result = {}
+for path in sys.argv[1:-1]:
+    outcome = {}
+    for name, opener in (("reader", lambda p: Reader(p)),
+                         ("loader", lambda p: Loader(p, batch_size=2, num_workers=1))):
+        try:
+            opener(path)
+            outcome[name] = "opened"
+        except Exception as err:
+            outcome[name] = f"{type(err).__name__}: {err}"
+    result[path] = outcome
+with open(sys.argv[-1], "w") as f:
+    json.dump(result, f)
+'''
+
+
+def test_ffcv_refuses_fastdata_only_field_types(ffcv_python, tmp_path):
+    """Label maps (type 100), reinforcement records (101) and top-k targets (102) are not FFCV
+    types: FFCV's Reader and Loader raise on opening such a file (an unknown type id), rather
+    than misreading its values."""
+    from fastdata import LabelMapField, ReinforcementField, TopKField
+    rng = np.random.default_rng(0)
+    ids = np.broadcast_to(np.arange(5)[:, None, None] * 100, (5, 15, 15))   # distinct per cell
+    label_map = np.stack([rng.random((5, 15, 15)), ids])
+    records = [{"box": (0, 0, 8, 8), "flip": False, "ids": np.arange(3),
+                "probs": np.full(3, 0.3)}] * 2
+    cases = {100: (LabelMapField(), label_map), 101: (ReinforcementField(2, 3), records),
+             102: (TopKField(3), (np.arange(3), np.full(3, 0.3)))}
+    paths = []
+    for type_id, (field, value) in cases.items():
+        path = tmp_path / f"type{type_id}.beton"
+        DatasetWriter(path, {"label": IntField(), "extra": field}, page_size=PAGE_SIZE,
+                      progress=False).from_indexed_dataset([(i, value) for i in range(4)])
+        with Reader(path) as ours:
+            assert ours.fields["extra"].TYPE_ID == type_id and len(ours) == 4
+        paths.append(str(path))
+    run_ffcv(ffcv_python, REFUSE_D, *paths, tmp_path / "refused.json", cwd=tmp_path)
+    result = json.loads((tmp_path / "refused.json").read_text())
+    for path, type_id in zip(paths, cases):
+        for opener, outcome in result[path].items():
+            assert outcome != "opened", f"FFCV's {opener} opened {path}"
+            # FFCV 1.0.2 looks the type id up in its handler table
+            assert outcome.startswith("KeyError") and str(type_id) in outcome, outcome
 
 
 if __name__ == "__main__":
