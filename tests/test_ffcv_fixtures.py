@@ -41,20 +41,21 @@ ALL_FIELDS_TYPES = ["FloatField", "IntField", "RGBImageField", "BytesField", "ND
 ALL_FIELDS_IDS = [0, 1, 2, 3, 4, 5, 6]
 
 
+def _fixture(name: str):
+    """(path, expected values) of a committed FFCV-written file and its JSON sidecar."""
+    path = FIXTURES / name
+    with open(FIXTURES / f"{name}.json", encoding="utf-8") as f:
+        return path, json.load(f)
+
+
 @pytest.fixture(scope="module")
 def all_fields():
-    path = FIXTURES / "ffcv_all_fields.beton"
-    with open(FIXTURES / "ffcv_all_fields.beton.json", encoding="utf-8") as f:
-        expected = json.load(f)
-    return path, expected
+    return _fixture("ffcv_all_fields.beton")
 
 
 @pytest.fixture(scope="module")
 def proportion():
-    path = FIXTURES / "ffcv_images_proportion.beton"
-    with open(FIXTURES / "ffcv_images_proportion.beton.json", encoding="utf-8") as f:
-        expected = json.load(f)
-    return path, expected
+    return _fixture("ffcv_images_proportion.beton")
 
 
 def _bits(x: float) -> bytes:

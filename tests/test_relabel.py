@@ -157,6 +157,17 @@ def stored_size(reader, i):
     return int(record["height"]), int(record["width"])
 
 
+def random_boxes(reader, rng, indices):
+    """A random (top, left, height, width) box inside each sample's stored image."""
+    boxes = []
+    for i in indices:
+        h, w = stored_size(reader, i)
+        bh, bw = int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1))
+        boxes.append((int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1)),
+                      bh, bw))
+    return boxes
+
+
 # -- the field -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("k,h,w", [(5, 15, 15), (1, 1, 1), (3, 7, 11), (8, 2, 30)])
@@ -455,12 +466,7 @@ def test_pooling_matches_torchvision(beton):
         for transposed in (False, True):
             pool.transposed_box = transposed
             indices = np.arange(len(reader))
-            boxes = []
-            for i in indices:
-                h, w = stored_size(reader, i)
-                bh, bw = int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1))
-                boxes.append((int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1)),
-                              bh, bw))
+            boxes = random_boxes(reader, rng, indices)
             boxes[0] = (0, 0, *stored_size(reader, 0))
             _, out = pool_batch(reader, pool, indices, boxes)
             for i, box in zip(indices, boxes):
@@ -482,12 +488,7 @@ def test_pooling_matches_grid_sample_bilinear(beton):
     with Reader(beton) as reader:
         pool = bound_pool(reader, num_classes=C)
         indices = np.arange(20)
-        boxes = []
-        for i in indices:
-            h, w = stored_size(reader, i)
-            bh, bw = int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1))
-            boxes.append((int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1)),
-                          bh, bw))
+        boxes = random_boxes(reader, rng, indices)
         _, out = pool_batch(reader, pool, indices, boxes)
         for i, box in zip(indices, boxes):
             x1, y1, x2, y2 = reference_box(box, stored_size(reader, i), 15, 15)

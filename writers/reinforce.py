@@ -253,15 +253,22 @@ def resolve_teacher(teacher: Any) -> Callable:
     return teacher
 
 
-def _image_name(reader: Reader, image: Optional[str]) -> str:
+def _source_image(reader: Reader, image: Optional[str], field_name: str
+                  ) -> tuple[str, np.ndarray]:
+    """(image field name, original sizes [n, 2]) of the file a reinforcement field is added to;
+    ValueError if it already has ``field_name`` or the image field is missing or ambiguous."""
+    from fastdata.ops.replay import original_and_stored_sizes
+    if field_name in reader.fields:
+        raise ValueError(f"{reader.path} already has a field {field_name!r}")
     if image is None:
         names = [n for n in reader.field_names if isinstance(reader.fields[n], RGBImageField)]
         if len(names) != 1:
             raise ValueError(f"{reader.path}: name the image field (image fields: {names})")
-        return names[0]
-    if image not in reader.fields or not isinstance(reader.fields[image], RGBImageField):
+        image = names[0]
+    elif image not in reader.fields or not isinstance(reader.fields[image], RGBImageField):
         raise ValueError(f"{reader.path}: no image field {image!r}")
-    return image
+    original, _ = original_and_stored_sizes(reader, image)
+    return image, original
 
 
 def reinforce(data_path: str, teacher: Any, out: str, num_augs: int, top_k: int,
@@ -290,11 +297,7 @@ def reinforce(data_path: str, teacher: Any, out: str, num_augs: int, top_k: int,
     workers = default_workers() if num_workers in (-1, None) else int(num_workers)
     reader = Reader(data_path)
     try:
-        if field_name in reader.fields:
-            raise ValueError(f"{data_path} already has a field {field_name!r}")
-        image = _image_name(reader, image)
-        from fastdata.ops.replay import original_and_stored_sizes
-        original, _ = original_and_stored_sizes(reader, image)
+        image, original = _source_image(reader, image, field_name)
         aug = Augmenter(original, num_augs, top_k, size, seed, mixup_p, mixup_alpha,
                         cutmix_p, cutmix_alpha)
         n = len(reader)
@@ -489,11 +492,7 @@ def import_imagenet_plus(data_path: str, records_dir: str, out: str,
         raise ValueError(f"records folder {records_dir} does not exist")
     reader = Reader(data_path)
     try:
-        if field_name in reader.fields:
-            raise ValueError(f"{data_path} already has a field {field_name!r}")
-        image = _image_name(reader, image)
-        from fastdata.ops.replay import original_and_stored_sizes
-        original, _ = original_and_stored_sizes(reader, image)
+        image, original = _source_image(reader, image, field_name)
         n = len(reader)
         path_of = lambda i: os.path.join(records_dir, f"{i}.pth.tar")  # noqa: E731
         if num_augs is None or top_k is None:

@@ -184,7 +184,7 @@ class ImageDecoder(Decoder):
         params = ctx.params[self.name]
         outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
         status = worker["status"]
-        order, paste_to, paste_boxes = params.get("paste") or no_paste(len(ctx.indices))
+        order, paste_to, paste_boxes = params["paste"]
         decode_kernel()(self.reader.data, self.modes, self.ptrs, self.sizes, self.widths,
                      self.heights, ctx.indices, order, params["all_boxes"], params["all_flips"],
                      start, stop, outs, paste_to, paste_boxes, worker["region"],
@@ -207,7 +207,7 @@ class ImageDecoder(Decoder):
         denom = min(_dct_denominator(int(box[2]), int(box[3]), out.shape[1], out.shape[2])
                     for box, out in zip(boxes, outs))
         rgb, scale_y, scale_x = self.decode_jpeg_python(index, denom)
-        _, paste_to, paste_boxes = params.get("paste") or no_paste(len(ctx.indices))
+        _, paste_to, paste_boxes = params["paste"]
         for v, (box, flip, out) in enumerate(zip(boxes, flips, outs)):
             j = int(paste_to[k]) if v == 0 else -1
             resize_decoded(rgb, box[0] * scale_y, box[1] * scale_x, box[2] * scale_y,

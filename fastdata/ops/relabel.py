@@ -96,13 +96,24 @@ def map_rois(boxes: np.ndarray, sizes: np.ndarray, map_height: int, map_width: i
 
 # -- kernels -------------------------------------------------------------------------------------
 
+@njit(cache=True, nogil=True, inline="always")
+def _clamp_sample(v, size: int):
+    """One axis of torchvision's roi_align bilinear sample: (low cell, high cell, position),
+    the position clamped to [0, size - 1] as its CPU kernel does."""
+    if v <= np.float32(0.0):
+        v = np.float32(0.0)
+    low = int(v)
+    if low >= size - 1:
+        return size - 1, size - 1, np.float32(size - 1)
+    return low, low + 1, np.float32(v)
+
+
 @njit(cache=True, nogil=True)
 def roi_cell_weights(x1, y1, x2, y2, height: int, width: int, weights: np.ndarray) -> None:
     """weights[r, c] = the share of cell (r, c) in a 1 x 1 RoIAlign of box (x1, y1, x2, y2)
     (float32, map cells, aligned=False, sampling_ratio=-1), so pooled = sum(weights * map)."""
     one = np.float32(1.0)
     half = np.float32(0.5)
-    zero = np.float32(0.0)
     weights[:, :] = 0.0
     roi_w = np.float32(x2 - x1)
     roi_h = np.float32(y2 - y1)
@@ -121,26 +132,8 @@ def roi_cell_weights(x1, y1, x2, y2, height: int, width: int, weights: np.ndarra
             xx = np.float32(x1 + (np.float32(ix) + half) * roi_w / np.float32(grid_w))
             if not (yy >= -one and yy <= fh and xx >= -one and xx <= fw):
                 continue
-            y = yy
-            x = xx
-            if y <= zero:
-                y = zero
-            if x <= zero:
-                x = zero
-            y_low = int(y)
-            x_low = int(x)
-            if y_low >= height - 1:
-                y_low = height - 1
-                y_high = y_low
-                y = np.float32(y_low)
-            else:
-                y_high = y_low + 1
-            if x_low >= width - 1:
-                x_low = width - 1
-                x_high = x_low
-                x = np.float32(x_low)
-            else:
-                x_high = x_low + 1
+            y_low, y_high, y = _clamp_sample(yy, height)
+            x_low, x_high, x = _clamp_sample(xx, width)
             ly = np.float32(y - np.float32(y_low))
             lx = np.float32(x - np.float32(x_low))
             hy = np.float32(one - ly)

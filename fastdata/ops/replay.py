@@ -230,6 +230,7 @@ class ReplayedCrop(ImageDecoder):
         ctx.params[self.name] = {
             "boxes": boxes, "flips": flips, "sizes": stored, "original_sizes": original,
             "output_size": self.output_size, "all_boxes": boxes[None], "all_flips": flips[None],
+            "paste": no_paste(len(idx)),
             "replay": {
                 "field": self.reinforce, "choice": choice, "records": recs,
                 "partner_positions": pos, "partner_indices": pidx,
