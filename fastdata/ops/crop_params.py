@@ -57,6 +57,29 @@ def center_crop_box(height: int, width: int, ratio: float) -> tuple[int, int, in
     return (height - side) // 2, (width - side) // 2, side, side
 
 
+def torchvision_center_crop_boxes(heights: np.ndarray, widths: np.ndarray, resize_size: int,
+                                  out_h: int, out_w: int) -> np.ndarray:
+    """float64[n, 4] boxes (top, left, height, width) in source pixels of torchvision's
+    ``Resize(resize_size)`` + ``CenterCrop((out_h, out_w))``: the window that CenterCrop cuts
+    from the resized image, mapped back through the resize (so fractional in general).
+
+    Resize: the shorter side becomes resize_size, the longer ``int(resize_size * long /
+    short)``; CenterCrop: top ``int(round((new_h - out_h) / 2))`` (Python's round, half to
+    even), likewise left.  A window larger than the resized image is cut to it."""
+    heights = np.asarray(heights, dtype=np.int64)
+    widths = np.asarray(widths, dtype=np.int64)
+    short, long = np.minimum(heights, widths), np.maximum(heights, widths)
+    new_long = (resize_size * long / short).astype(np.int64)    # int() truncates, as Python
+    portrait = widths <= heights
+    new_h = np.where(portrait, new_long, resize_size)
+    new_w = np.where(portrait, resize_size, new_long)
+    crop_h, crop_w = np.minimum(out_h, new_h), np.minimum(out_w, new_w)
+    top = np.round((new_h - crop_h) / 2.0)      # numpy rounds half to even, as Python's round
+    left = np.round((new_w - crop_w) / 2.0)
+    sy, sx = heights / new_h, widths / new_w
+    return np.stack([top * sy, left * sx, crop_h * sy, crop_w * sx], axis=1)
+
+
 @njit(cache=True, nogil=True)
 def random_resized_crop_boxes(seed: int, epoch: int, indices: np.ndarray, op: int,
                               heights: np.ndarray, widths: np.ndarray, scale_min: float,

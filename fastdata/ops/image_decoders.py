@@ -6,10 +6,17 @@ Per sample, in a Numba kernel holding no GIL (fastdata.ops.image_kernel):
 1. the box (top, left, height, width) in stored pixels comes from the counter-based RNG
    (RandomResizedCrop) or from the image size (CenterCrop, full image);
 2. a JPEG is decoded at the smallest DCT scale (1/8, 1/4, 1/2, 1) whose result still has at least
-   the output's size, and only over the rows and columns of the box (libjpeg-turbo 3's region
-   decoding); a raw image is read in place from the file;
+   the output's size (``dct_scaling=False``: always at full scale), and only over the rows and
+   columns of the box (libjpeg-turbo 3's region decoding); a raw image is read in place from
+   the file;
 3. the box is resized to the output size with torchvision's anti-aliased bilinear filter
-   (``antialias=True``), mirrored when the flip bit is set.
+   (``antialias=True``), mirrored when the flip bit is set.  The crop ops' filter reads only
+   the box's pixels, as torchvision's crop-then-resize.
+
+Corrupt JPEG data is an error (``SampleError`` with the sample index and field) by default:
+a record that does not end with the end-of-image marker, and data that libjpeg decodes only
+with a warning, except the one warning intact photos give (junk before the end marker).
+``accept_jpeg_warnings=True`` accepts what libjpeg can decode, as FFCV does.
 
 Boxes and flip bits stay in the batch's params, where later ops (label pooling) read them, and
 ``params_record`` reports them in stored and in original-image pixels.
@@ -17,23 +24,27 @@ Boxes and flip bits stay in the batch's params, where later ops (label pooling) 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from .. import jpeg, libturbojpeg
+from ..jpeg import JpegError
 from ..fields import RGBImageField
 from ..fields.rgb_image import MODE_JPG
 from ..reader import SampleError
 from ..rng import OP_CROP, OP_FLIP, draws
 from .base import BatchContext, BatchOp, Decoder, check_range
-from .crop_params import center_crop_box, random_resized_crop_boxes
-from .image_kernel import (STATUS_ERROR, STATUS_MISMATCH, STATUS_NEEDS_PYTHON, decode_kernel,
-                           resize_decoded)
+from .crop_params import (center_crop_box, random_resized_crop_boxes,
+                          torchvision_center_crop_boxes)
+from .image_kernel import (OPT_MAX_DENOM, OPT_WITHIN_BOX, STATUS_ERROR, STATUS_MISMATCH,
+                           STATUS_NEEDS_PYTHON, STATUS_NO_EOI, STATUS_WARNING, dct_denominator,
+                           decode_kernel, ends_with_eoi, resize_decoded)
 from .resample import scratch_size
 
 DEFAULT_CROP_RATIO = 224 / 256
 _EMPTY = np.zeros(4, dtype=np.int64)      # an empty paste region
+_NO_EOI = "the record does not end with the end-of-image marker FF D9 (truncated?)"
 
 
 class RandomHorizontalFlip(BatchOp):
@@ -86,14 +97,29 @@ def paste_plan(paste_to: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.
 
 
 class ImageDecoder(Decoder):
-    """Base of the image decoders: output ``output_size`` (height, width) uint8 RGB."""
+    """Base of the image decoders: output ``output_size`` (height, width) uint8 RGB.
+
+    dct_scaling: decode a JPEG at 1/2, 1/4 or 1/8 scale when the box is that many times larger
+    than the output (faster; the README gives what it costs in pixels).  False: always decode
+    at full scale, then resize.
+    accept_jpeg_warnings: accept JPEG data that libjpeg decodes only with a warning (corrupt or
+    truncated data, decoded as best it can), as FFCV does; False (default) raises
+    ``SampleError``.
+    use_libturbojpeg: region decoding with libjpeg-turbo 3 where it is installed (default);
+    False decodes JPEGs with simplejpeg (whole image at the DCT scale, then the same resize)."""
 
     parallel = True
     #: decode_range honours ``ctx.pastes`` (a CutMix drawn before decoding, see Mixup).
     supports_paste = True
+    #: the filter reads only the box's pixels (torchvision's crop-then-resize)
+    within_box = True
 
-    def __init__(self, output_size: Optional[Sequence[int]] = None):
+    def __init__(self, output_size: Optional[Sequence[int]] = None, dct_scaling: bool = True,
+                 accept_jpeg_warnings: bool = False, use_libturbojpeg: bool = True):
         self.output_size = None if output_size is None else _pair(output_size)
+        self.dct_scaling = bool(dct_scaling)
+        self.accept_jpeg_warnings = bool(accept_jpeg_warnings)
+        self.use_libturbojpeg = bool(use_libturbojpeg)
         self.flip_p = 0.0
         self.view = 0
 
@@ -134,8 +160,16 @@ class ImageDecoder(Decoder):
         return shapes[0] if len(shapes) == 1 else shapes
 
     def boxes(self, ctx: BatchContext, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
-        """int64[n, 4] boxes (top, left, height, width) in stored pixels."""
+        """float64[n, 4] boxes (top, left, height, width) in stored pixels."""
         raise NotImplementedError
+
+    def view_options(self) -> np.ndarray:
+        """The kernel's int64[views, 2] view_opts: largest DCT scale-down, filter within box."""
+        opts = np.zeros((len(self.views), 2), dtype=np.int64)
+        for v, view in enumerate(self.views):
+            opts[v, OPT_MAX_DENOM] = 8 if view.dct_scaling else 1
+            opts[v, OPT_WITHIN_BOX] = int(view.within_box)
+        return opts
 
     def prepare(self, ctx: BatchContext, out: Any) -> None:
         idx = ctx.indices
@@ -148,7 +182,8 @@ class ImageDecoder(Decoder):
             if view.flip_p > 0:
                 flips[:] = draws(ctx.seed, ctx.epoch, idx, OP_FLIP + VIEW_STRIDE * view.view,
                                  0) < view.flip_p
-            records.append({"boxes": view.boxes(ctx, heights, widths), "flips": flips,
+            boxes = np.ascontiguousarray(view.boxes(ctx, heights, widths), dtype=np.float64)
+            records.append({"boxes": boxes, "flips": flips,
                             "sizes": sizes, "original_sizes": original,
                             "output_size": view.output_size})
         params = dict(records[0])
@@ -162,6 +197,7 @@ class ImageDecoder(Decoder):
             raise RuntimeError(f"{type(self).__name__} for {self.name!r} cannot paste while "
                                f"decoding")
         params["paste"] = paste_plan(*paste) if paste is not None else no_paste(len(idx))
+        params["view_opts"] = self.view_options()
         ctx.params[self.name] = params
 
     def make_worker_state(self) -> dict:
@@ -183,49 +219,107 @@ class ImageDecoder(Decoder):
                      worker: dict) -> None:
         params = ctx.params[self.name]
         outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
-        status = worker["status"]
         order, paste_to, paste_boxes = params["paste"]
-        decode_kernel()(self.reader.data, self.modes, self.ptrs, self.sizes, self.widths,
-                     self.heights, ctx.indices, order, params["all_boxes"], params["all_flips"],
-                     start, stop, outs, paste_to, paste_boxes, worker["region"],
-                     worker["scratch"], worker["handle"], libturbojpeg.AVAILABLE, status)
+        status = worker["status"]
+        self.run_kernel(ctx.indices, order, params["all_boxes"], params["all_flips"],
+                        params["view_opts"], start, stop, outs, paste_to, paste_boxes, worker,
+                        status)
         for k in order[start:stop]:
             if status[k] == STATUS_NEEDS_PYTHON:
                 self._decode_in_python(ctx, k, outs, worker)
-            elif status[k] in (STATUS_ERROR, STATUS_MISMATCH):
-                index = int(ctx.indices[k])
-                reason = (libturbojpeg.error_string(worker["handle"]) if status[k] == STATUS_ERROR
-                          else "stored JPEG's size differs from its record")
-                raise SampleError(index, self.name, f"cannot decode JPEG: {reason}")
+
+    def run_kernel(self, indices: np.ndarray, order: np.ndarray, boxes: np.ndarray,
+                   flips: np.ndarray, view_opts: np.ndarray, start: int, stop: int,
+                   outs: tuple, paste_to: np.ndarray, paste_boxes: np.ndarray, worker: dict,
+                   status: np.ndarray,
+                   describe: Optional[Callable[[int], str]] = None) -> None:
+        """The decoding kernel over positions order[start:stop] (see image_kernel.decode_range),
+        then the error rule: a failed sample raises SampleError; JPEGs it leaves to Python
+        get STATUS_NEEDS_PYTHON in ``status``.  ``describe(k)`` adds to position k's error
+        message (e.g. " (mixing partner of sample 12)")."""
+        use_turbo = self.use_libturbojpeg and libturbojpeg.AVAILABLE
+        decode_kernel(use_turbo)(self.reader.data, self.modes, self.ptrs, self.sizes,
+                                 self.widths, self.heights, indices, order, boxes, flips,
+                                 view_opts, start, stop, outs, paste_to, paste_boxes,
+                                 worker["region"], worker["scratch"], worker["handle"],
+                                 use_turbo, not self.accept_jpeg_warnings, status)
+        for k in order[start:stop]:
+            code = status[k]
+            if code in (STATUS_ERROR, STATUS_MISMATCH, STATUS_NO_EOI) or (
+                    code == STATUS_WARNING and not self.accept_jpeg_warnings):
+                index = int(indices[k])
+                if code == STATUS_ERROR:
+                    reason = libturbojpeg.error_string(worker["handle"])
+                elif code == STATUS_MISMATCH:
+                    reason = "stored JPEG's size differs from its record"
+                elif code == STATUS_NO_EOI:
+                    reason = _NO_EOI
+                else:
+                    reason = self._warning_reason(index)
+                    if reason is None:      # only junk before the end marker: pixels intact
+                        continue
+                role = describe(int(k)) if describe is not None else ""
+                raise SampleError(index, self.name, f"cannot decode JPEG{role}: {reason}")
+
+    def _warning_reason(self, index: int) -> Optional[str]:
+        """Why libjpeg warned on sample ``index``'s JPEG, or None when the warning is the
+        harmless one (junk before the end marker)."""
+        try:
+            jpeg.validate(self.payload(index))
+        except JpegError as err:
+            return None if jpeg.is_harmless(err) else f"corrupt JPEG data ({err})"
+        return None
+
+    def payload(self, index: int) -> np.ndarray:
+        """Sample ``index``'s stored bytes (a view into the file)."""
+        ptr, size = int(self.ptrs[index]), int(self.sizes[index])
+        return self.reader.data[ptr:ptr + size]
 
     def _decode_in_python(self, ctx: BatchContext, k: int, outs: tuple, worker: dict) -> None:
-        """Fallback without libturbojpeg 3: simplejpeg (GIL released) at the DCT scale, full
-        image, then the same resize kernel."""
+        """Without libturbojpeg 3: simplejpeg (GIL released) decodes the whole JPEG at the DCT
+        scale, then the same resize as the kernel, on the same pixels the region decoder
+        would have produced (the box divided by the scale's denominator)."""
         index = int(ctx.indices[k])
         params = ctx.params[self.name]
         boxes, flips = params["all_boxes"][:, k], params["all_flips"][:, k]
-        denom = min(_dct_denominator(int(box[2]), int(box[3]), out.shape[1], out.shape[2])
-                    for box, out in zip(boxes, outs))
-        rgb, scale_y, scale_x = self.decode_jpeg_python(index, denom)
+        opts = params["view_opts"]
+        denom = min(dct_denominator(box[2], box[3], out.shape[1], out.shape[2],
+                                    int(opt[OPT_MAX_DENOM]))
+                    for box, out, opt in zip(boxes, outs, opts))
+        rgb = self.decode_jpeg_python(index, denom)
         _, paste_to, paste_boxes = params["paste"]
-        for v, (box, flip, out) in enumerate(zip(boxes, flips, outs)):
+        for v, (box, flip, out, opt) in enumerate(zip(boxes, flips, outs, opts)):
             j = int(paste_to[k]) if v == 0 else -1
-            resize_decoded(rgb, box[0] * scale_y, box[1] * scale_x, box[2] * scale_y,
-                           box[3] * scale_x, out[k], bool(flip), worker["scratch"],
-                           out[j] if j >= 0 else out[k], paste_boxes[k] if j >= 0 else _EMPTY)
+            resize_decoded(rgb, box[0] / denom, box[1] / denom, box[2] / denom, box[3] / denom,
+                           out[k], bool(flip), worker["scratch"], out[j] if j >= 0 else out[k],
+                           paste_boxes[k] if j >= 0 else _EMPTY, bool(opt[OPT_WITHIN_BOX]))
 
-    def decode_jpeg_python(self, index: int, denom: int) -> tuple[np.ndarray, float, float]:
-        """Sample ``index``'s whole JPEG decoded by simplejpeg (GIL released) at about 1/denom
-        scale, and that scale (height, width) relative to the stored image."""
-        ptr, size = int(self.ptrs[index]), int(self.sizes[index])
+    def decode_jpeg_python(self, index: int, denom: int) -> np.ndarray:
+        """Sample ``index``'s whole JPEG decoded by simplejpeg (GIL released) at exactly 1/denom
+        scale (each side ceil(side / denom), as libjpeg's DCT scaling), under this decoder's
+        rule for corrupt data."""
+        data = self.payload(index)
+        height, width = int(self.heights[index]), int(self.widths[index])
+        strict = not self.accept_jpeg_warnings
+        if strict and not ends_with_eoi(data):
+            raise SampleError(index, self.name, f"cannot decode JPEG: {_NO_EOI}")
+        want = (-(-height // denom), -(-width // denom))
         try:
-            rgb = jpeg.simplejpeg.decode_jpeg(
-                self.reader.data[ptr:ptr + size], colorspace="RGB",
-                min_height=-(-int(self.heights[index]) // denom),
-                min_width=-(-int(self.widths[index]) // denom))
+            try:
+                rgb = jpeg.simplejpeg.decode_jpeg(data, colorspace="RGB", strict=strict,
+                                                  min_height=want[0], min_width=want[1])
+            except (ValueError, RuntimeError) as err:
+                if not (strict and jpeg.is_harmless(JpegError(str(err)))):
+                    raise
+                rgb = jpeg.simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False,
+                                                  min_height=want[0], min_width=want[1])
         except (ValueError, RuntimeError) as err:
             raise SampleError(index, self.name, f"cannot decode JPEG: {err}") from None
-        return rgb, rgb.shape[0] / self.heights[index], rgb.shape[1] / self.widths[index]
+        if rgb.shape[:2] != want:
+            raise SampleError(index, self.name, f"stored JPEG's size differs from its record: "
+                              f"decoded {rgb.shape[1]}x{rgb.shape[0]} at 1/{denom} scale, "
+                              f"record {width}x{height}")
+        return rgb
 
     def params_record(self, ctx: BatchContext) -> list[np.ndarray]:
         """Per view, float64[n, 9]: box (top, left, height, width) in stored pixels, the same
@@ -249,18 +343,12 @@ def _pair(size: Any) -> tuple[int, int]:
     return h, w
 
 
-def _dct_denominator(box_h: int, box_w: int, out_h: int, out_w: int) -> int:
-    for denom in (8, 4, 2):
-        if box_h // denom >= out_h and box_w // denom >= out_w:
-            return denom
-    return 1
-
-
 class SimpleRGBImageDecoder(ImageDecoder):
     """Whole images, unresized: every image of the file must have the same size (as FFCV)."""
 
-    def __init__(self):
-        super().__init__(None)
+    def __init__(self, *, accept_jpeg_warnings: bool = False, use_libturbojpeg: bool = True):
+        super().__init__(None, accept_jpeg_warnings=accept_jpeg_warnings,
+                         use_libturbojpeg=use_libturbojpeg)
 
     def bind(self, reader, name, field_index):
         super().bind(reader, name, field_index)
@@ -273,24 +361,26 @@ class SimpleRGBImageDecoder(ImageDecoder):
 
     def boxes(self, ctx, heights, widths):
         n = len(heights)
-        return np.stack([np.zeros(n, np.int64), np.zeros(n, np.int64), heights, widths], axis=1)
+        return np.stack([np.zeros(n), np.zeros(n), heights, widths], axis=1).astype(np.float64)
 
 
 class RandomResizedCrop(ImageDecoder):
     """torchvision's RandomResizedCrop(size, scale, ratio) with antialias=True: a box of area
     ~U(scale) of the image and log aspect ratio ~U(log ratio) (ten tries, then the central
-    fallback), resized to ``output_size`` (int or (height, width))."""
+    fallback), resized to ``output_size`` (int or (height, width)).  See ImageDecoder for
+    ``dct_scaling``, ``accept_jpeg_warnings`` and ``use_libturbojpeg``."""
 
     def __init__(self, output_size: Any, scale: Sequence[float] = (0.08, 1.0),
-                 ratio: Sequence[float] = (3 / 4, 4 / 3)):
-        super().__init__(output_size)
+                 ratio: Sequence[float] = (3 / 4, 4 / 3), *, dct_scaling: bool = True,
+                 accept_jpeg_warnings: bool = False, use_libturbojpeg: bool = True):
+        super().__init__(output_size, dct_scaling, accept_jpeg_warnings, use_libturbojpeg)
         self.scale = check_range("scale", scale)
         self.ratio = check_range("ratio", ratio)
         if self.ratio[0] <= 0:
             raise ValueError(f"ratio must be positive, got {ratio}")
 
     def boxes(self, ctx, heights, widths):
-        out = np.empty((len(heights), 4), dtype=np.int64)
+        out = np.empty((len(heights), 4), dtype=np.float64)
         random_resized_crop_boxes(ctx.seed, ctx.epoch, ctx.indices,
                                   OP_CROP + VIEW_STRIDE * self.view, heights, widths,
                                   self.scale[0], self.scale[1], math.log(self.ratio[0]),
@@ -298,20 +388,52 @@ class RandomResizedCrop(ImageDecoder):
         return out
 
 
-class CenterCrop(ImageDecoder):
-    """FFCV's CenterCropRGBImageDecoder: the centred square of side ``ratio`` x the shorter
-    side, resized to ``output_size`` (ratio 224/256 is torchvision's Resize(256) +
-    CenterCrop(224))."""
+CENTER_CROP_BOXES = ("torchvision", "ffcv")
 
-    def __init__(self, output_size: Any, ratio: float = DEFAULT_CROP_RATIO):
-        super().__init__(output_size)
+
+class CenterCrop(ImageDecoder):
+    """The validation crop, resized to ``output_size`` (int or (height, width)).
+
+    box="torchvision" (default): torchvision's ``Resize(resize_size)`` + ``CenterCrop(size)``
+    with ``antialias=True``, in one resampling: the shorter side is resized to ``resize_size``
+    (default ``floor(min(output_size) / ratio)``: 256 for 224 and ratio 224/256, as timm's
+    ``crop_pct``), the window is placed as torchvision places it, and the filter reads the
+    window's neighbours as resizing the whole image does.  Where the window is larger than the
+    resized image (non-square outputs only) torchvision pads with zeros; here the window is cut
+    to the image and stretched.
+    box="ffcv": FFCV's CenterCropRGBImageDecoder: the centred square of side
+    ``int(ratio * shorter side)``, cropped, then resized (the box differs from torchvision's by
+    up to a few source pixels).
+    See ImageDecoder for ``dct_scaling``, ``accept_jpeg_warnings`` and ``use_libturbojpeg``."""
+
+    def __init__(self, output_size: Any, ratio: float = DEFAULT_CROP_RATIO,
+                 box: str = "torchvision", resize_size: Optional[int] = None, *,
+                 dct_scaling: bool = True, accept_jpeg_warnings: bool = False,
+                 use_libturbojpeg: bool = True):
+        super().__init__(output_size, dct_scaling, accept_jpeg_warnings, use_libturbojpeg)
         if not 0 < ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+        if box not in CENTER_CROP_BOXES:
+            raise ValueError(f"box must be one of {CENTER_CROP_BOXES}, got {box!r}")
         self.ratio = float(ratio)
+        self.box = box
+        if resize_size is None:
+            # The tolerance keeps 224 / (224 / 256) at 256 despite float rounding.
+            resize_size = int(math.floor(min(self.output_size) / self.ratio + 1e-9))
+        elif box == "ffcv":
+            raise ValueError("resize_size applies to box='torchvision' only")
+        if resize_size < 1:
+            raise ValueError(f"resize_size must be positive, got {resize_size}")
+        self.resize_size = int(resize_size)
+        self.within_box = box == "ffcv"
 
     def boxes(self, ctx, heights, widths):
-        return np.array([center_crop_box(int(h), int(w), self.ratio)
-                         for h, w in zip(heights, widths)], dtype=np.int64).reshape(-1, 4)
+        if self.box == "ffcv":
+            return np.array([center_crop_box(int(h), int(w), self.ratio)
+                             for h, w in zip(heights, widths)],
+                            dtype=np.float64).reshape(-1, 4)
+        return torchvision_center_crop_boxes(heights, widths, self.resize_size,
+                                             *self.output_size)
 
 
 class MultiView(ImageDecoder):
@@ -324,7 +446,8 @@ class MultiView(ImageDecoder):
     box and flip bit; the pipeline yields one output per view.  A RandomHorizontalFlip right
     after MultiView flips every view independently."""
 
-    def __init__(self, *views: ImageDecoder):
+    def __init__(self, *views: ImageDecoder, accept_jpeg_warnings: bool = False,
+                 use_libturbojpeg: bool = True):
         if not views:
             raise ValueError("MultiView needs at least one view")
         copies = []
@@ -336,7 +459,8 @@ class MultiView(ImageDecoder):
             copy.__dict__.update(view.__dict__)
             copy.view = v
             copies.append(copy)
-        super().__init__(None)
+        super().__init__(None, accept_jpeg_warnings=accept_jpeg_warnings,
+                         use_libturbojpeg=use_libturbojpeg)
         self._views = copies
 
     @property
@@ -344,8 +468,14 @@ class MultiView(ImageDecoder):
         return self._views
 
 
+class CenterCropRGBImageDecoder(CenterCrop):
+    """FFCV's name and box: ``CenterCrop(output_size, ratio, box="ffcv")``."""
+
+    def __init__(self, output_size: Any, ratio: float = DEFAULT_CROP_RATIO, **options: Any):
+        super().__init__(output_size, ratio, box="ffcv", **options)
+
+
 # FFCV's names, so that switching is a change of imports.
 RandomResizedCropRGBImageDecoder = RandomResizedCrop
-CenterCropRGBImageDecoder = CenterCrop
 __all__ = ["ImageDecoder", "SimpleRGBImageDecoder", "RandomResizedCrop", "CenterCrop", "MultiView",
            "RandomHorizontalFlip", "RandomResizedCropRGBImageDecoder", "CenterCropRGBImageDecoder"]

@@ -7,6 +7,8 @@ against the record before anything is decoded.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -15,19 +17,24 @@ from ..libturbojpeg import MCU_WIDTH, decode_region, read_header, scaled
 from .resample import resize_crop_paste_into
 
 STATUS_OK = 0
-STATUS_WARNING = 1          # libjpeg decoded corrupt data as best it could (accepted, as FFCV)
+STATUS_WARNING = 1          # libjpeg decoded corrupt data as best it could (FFCV accepts it)
 STATUS_ERROR = -1
 STATUS_MISMATCH = -2        # the JPEG's size is not the one its record says
 STATUS_NEEDS_PYTHON = -3    # JPEG, but no libturbojpeg 3 here: decoded by the Python fallback
+STATUS_NO_EOI = -4          # the record does not end with the end-of-image marker: truncated
 
 MODE_JPG = 0
+# view_opts[v] columns: the largest DCT scale-down view v allows (1: none), and whether its
+# filter reads only the box's pixels (resample.py's within_box).
+OPT_MAX_DENOM, OPT_WITHIN_BOX = 0, 1
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _denominator(box_h: int, box_w: int, out_h: int, out_w: int) -> int:
-    """The largest DCT scale-down (8, 4, 2 or 1) that still leaves the box >= the output."""
+def dct_denominator(box_h: float, box_w: float, out_h: int, out_w: int, max_denom: int) -> int:
+    """The largest DCT scale-down (8, 4, 2 or 1, at most max_denom) that still leaves the box
+    at least the output's size."""
     for denom in (8, 4, 2):
-        if box_h // denom >= out_h and box_w // denom >= out_w:
+        if denom <= max_denom and box_h / denom >= out_h and box_w / denom >= out_w:
             return denom
     return 1
 
@@ -35,49 +42,58 @@ def _denominator(box_h: int, box_w: int, out_h: int, out_w: int) -> int:
 @njit(cache=True, nogil=True)
 def resize_decoded(image: np.ndarray, top: float, left: float, height: float, width: float,
                    dst: np.ndarray, flip: bool, scratch: np.ndarray, paste_dst: np.ndarray,
-                   paste_box: np.ndarray) -> None:
+                   paste_box: np.ndarray, within_box: bool) -> None:
     """Resize the box of an already decoded H x W x 3 image into dst; output region
     ``paste_box`` (y0, y1, x0, x1; empty for none) goes to ``paste_dst`` instead."""
     resize_crop_paste_into(image, top, left, height, width, dst, flip, scratch, paste_dst,
-                           paste_box[0], paste_box[1], paste_box[2], paste_box[3])
+                           paste_box[0], paste_box[1], paste_box[2], paste_box[3], within_box)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _resize_view(image: np.ndarray, top: float, left: float, height: float, width: float,
                  outs: tuple, v: int, k: int, flip: bool, scratch: np.ndarray,
-                 paste_to: np.ndarray, paste_boxes: np.ndarray) -> None:
+                 paste_to: np.ndarray, paste_boxes: np.ndarray, within_box: bool) -> None:
     """View v of sample k into outs[v][k]; view 0's paste region into outs[0][paste_to[k]]."""
     out = outs[v]
     j = paste_to[k] if v == 0 else -1
     if j < 0:
         resize_crop_paste_into(image, top, left, height, width, out[k], flip, scratch, out[k],
-                               0, 0, 0, 0)
+                               0, 0, 0, 0, within_box)
     else:
         resize_crop_paste_into(image, top, left, height, width, out[k], flip, scratch, out[j],
                                paste_boxes[k, 0], paste_boxes[k, 1], paste_boxes[k, 2],
-                               paste_boxes[k, 3])
+                               paste_boxes[k, 3], within_box)
 
 
 @njit(cache=True, nogil=True)
 def _resize_raw(data: np.ndarray, ptr: int, size: int, height: int, width: int,
-                boxes: np.ndarray, flips: np.ndarray, k: int, outs: tuple,
-                scratch: np.ndarray, paste_to: np.ndarray, paste_boxes: np.ndarray) -> None:
+                boxes: np.ndarray, flips: np.ndarray, view_opts: np.ndarray, k: int,
+                outs: tuple, scratch: np.ndarray, paste_to: np.ndarray,
+                paste_boxes: np.ndarray) -> None:
     """Every view of raw sample k, read in place from the file."""
     image = data[ptr:ptr + size].reshape((height, width, 3))
     for v in range(len(outs)):
-        _resize_view(image, float(boxes[v, k, 0]), float(boxes[v, k, 1]),
-                     float(boxes[v, k, 2]), float(boxes[v, k, 3]), outs, v, k,
-                     flips[v, k] != 0, scratch, paste_to, paste_boxes)
+        _resize_view(image, boxes[v, k, 0], boxes[v, k, 1], boxes[v, k, 2], boxes[v, k, 3],
+                     outs, v, k, flips[v, k] != 0, scratch, paste_to, paste_boxes,
+                     view_opts[v, OPT_WITHIN_BOX] != 0)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def ends_with_eoi(src: np.ndarray) -> bool:
+    """Whether a JPEG's bytes end with the end-of-image marker FF D9 (a record cut short
+    does not, and region decoding may never read far enough to notice)."""
+    n = len(src)
+    return n >= 2 and src[n - 2] == 0xFF and src[n - 1] == 0xD9
 
 
 @njit(cache=True, nogil=True)
 def decode_range_raw_only(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray,
                           sizes: np.ndarray, widths: np.ndarray, heights: np.ndarray,
                           indices: np.ndarray, order: np.ndarray, boxes: np.ndarray,
-                          flips: np.ndarray, start: int, stop: int, outs: tuple,
-                          paste_to: np.ndarray, paste_boxes: np.ndarray, region: np.ndarray,
-                          scratch: np.ndarray, handle: int, use_turbo: bool,
-                          status: np.ndarray) -> None:
+                          flips: np.ndarray, view_opts: np.ndarray, start: int, stop: int,
+                          outs: tuple, paste_to: np.ndarray, paste_boxes: np.ndarray,
+                          region: np.ndarray, scratch: np.ndarray, handle: int,
+                          use_turbo: bool, require_eoi: bool, status: np.ndarray) -> None:
     """decode_range without libturbojpeg 3 (which this function must not reference: its symbols
     are unresolved where the library is missing): raw samples here, JPEGs marked for the Python
     fallback."""
@@ -89,28 +105,41 @@ def decode_range_raw_only(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray,
         else:
             status[k] = STATUS_OK
             _resize_raw(data, ptrs[index], sizes[index], heights[index], widths[index], boxes,
-                        flips, k, outs, scratch, paste_to, paste_boxes)
+                        flips, view_opts, k, outs, scratch, paste_to, paste_boxes)
 
 
-def decode_kernel():
-    """The kernel for this platform: with libturbojpeg 3's region decoding, or without."""
-    return decode_range if libturbojpeg.AVAILABLE else decode_range_raw_only
+def decode_kernel(use_turbo: bool = True):
+    """The kernel: with libturbojpeg 3's region decoding where asked for and available, else
+    the one that leaves JPEGs to the Python fallback."""
+    return decode_range if use_turbo and libturbojpeg.AVAILABLE else decode_range_raw_only
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _read_margin(box_len: float, out_len: int, within_box: bool) -> int:
+    """Scaled pixels the filter may read beyond the box on each side: none within the box,
+    else the filter's support plus one for int() rounding."""
+    if within_box:
+        return 0
+    return int(math.ceil(max(box_len / out_len, 1.0))) + 1
 
 
 @njit(cache=True, nogil=True)
 def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: np.ndarray,
                  widths: np.ndarray, heights: np.ndarray, indices: np.ndarray, order: np.ndarray,
-                 boxes: np.ndarray, flips: np.ndarray, start: int, stop: int, outs: tuple,
-                 paste_to: np.ndarray, paste_boxes: np.ndarray, region: np.ndarray,
-                 scratch: np.ndarray, handle: int, use_turbo: bool, status: np.ndarray) -> None:
+                 boxes: np.ndarray, flips: np.ndarray, view_opts: np.ndarray, start: int,
+                 stop: int, outs: tuple, paste_to: np.ndarray, paste_boxes: np.ndarray,
+                 region: np.ndarray, scratch: np.ndarray, handle: int, use_turbo: bool,
+                 require_eoi: bool, status: np.ndarray) -> None:
     """Decode the batch positions order[start:stop]: position k is sample indices[k], into
     outs[v][k] for each view v; status[k] says how it went.
 
-    boxes[v, k] = (top, left, height, width) in stored pixels and flips[v, k] for view v of
-    position k.  paste_to[k] >= 0 sends view 0's output region paste_boxes[k] = (y0, y1, x0,
-    x1) to outs[0][paste_to[k]] instead (a CutMix planned before decoding); -1: no paste.
-    A JPEG is decoded once per sample, over the union of its views' boxes, at the smallest DCT
-    scale that still leaves every view's box at least its output size."""
+    boxes[v, k] = (top, left, height, width) in stored pixels (float64) and flips[v, k] for
+    view v of position k; view_opts[v] = (largest DCT scale-down allowed, filter within the
+    box).  paste_to[k] >= 0 sends view 0's output region paste_boxes[k] = (y0, y1, x0, x1) to
+    outs[0][paste_to[k]] instead (a CutMix planned before decoding); -1: no paste.
+    A JPEG is decoded once per sample, over the union of the pixels its views' filters read,
+    at the smallest DCT scale that still leaves every view's box at least its output size.
+    require_eoi: a JPEG record must end with FF D9 (else STATUS_NO_EOI)."""
     views = len(outs)
     info = np.zeros(3, dtype=np.int32)
     for t in range(start, stop):
@@ -120,13 +149,16 @@ def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: n
         height, width = heights[index], widths[index]
         status[k] = STATUS_OK
         if modes[index] != MODE_JPG:
-            _resize_raw(data, ptr, size, height, width, boxes, flips, k, outs, scratch, paste_to,
-                        paste_boxes)
+            _resize_raw(data, ptr, size, height, width, boxes, flips, view_opts, k, outs,
+                        scratch, paste_to, paste_boxes)
             continue
         if not use_turbo:
             status[k] = STATUS_NEEDS_PYTHON
             continue
         src = data[ptr:ptr + size]
+        if require_eoi and not ends_with_eoi(src):
+            status[k] = STATUS_NO_EOI
+            continue
         if read_header(handle, src, info) != 0:
             status[k] = STATUS_ERROR
             continue
@@ -134,22 +166,28 @@ def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: n
             status[k] = STATUS_MISMATCH
             continue
         denom = 8
-        top, left, bottom, right = height, width, 0, 0
         for v in range(views):
-            box_top, box_left, box_h, box_w = boxes[v, k, 0], boxes[v, k, 1], boxes[v, k, 2], \
-                boxes[v, k, 3]
-            denom = min(denom, _denominator(box_h, box_w, outs[v].shape[1], outs[v].shape[2]))
-            top, left = min(top, box_top), min(left, box_left)
-            bottom, right = max(bottom, box_top + box_h), max(right, box_left + box_w)
+            denom = min(denom, dct_denominator(boxes[v, k, 2], boxes[v, k, 3],
+                                               outs[v].shape[1], outs[v].shape[2],
+                                               view_opts[v, OPT_MAX_DENOM]))
         full_w, full_h = scaled(width, denom), scaled(height, denom)
-        # The union box in scaled pixels, widened to whole pixels; the left edge moves down to
-        # an iMCU boundary, as region decoding requires (unknown subsampling: whole rows).
-        y0 = top // denom
-        y1 = min(-(-bottom // denom), full_h)
-        x1 = min(-(-right // denom), full_w)
+        # The union, in scaled pixels, of what each view's filter reads: its box widened to
+        # whole pixels (and by the filter's reach where it reads outside the box).
+        y0, x0, y1, x1 = full_h, full_w, 0, 0
+        for v in range(views):
+            within = view_opts[v, OPT_WITHIN_BOX] != 0
+            box_top, box_left = boxes[v, k, 0] / denom, boxes[v, k, 1] / denom
+            box_h, box_w = boxes[v, k, 2] / denom, boxes[v, k, 3] / denom
+            my = _read_margin(box_h, outs[v].shape[1], within)
+            mx = _read_margin(box_w, outs[v].shape[2], within)
+            y0 = min(y0, max(int(math.floor(box_top)) - my, 0))
+            x0 = min(x0, max(int(math.floor(box_left)) - mx, 0))
+            y1 = max(y1, min(int(math.ceil(box_top + box_h)) + my, full_h))
+            x1 = max(x1, min(int(math.ceil(box_left + box_w)) + mx, full_w))
+        # Region decoding starts on an iMCU column (unknown subsampling: whole rows).
         if info[2] >= 0 and info[2] < len(MCU_WIDTH):
             mcu = max(MCU_WIDTH[info[2]] // denom, 1)
-            x0 = (left // denom) // mcu * mcu
+            x0 = x0 // mcu * mcu
         else:
             x0, x1 = 0, full_w
         region_h, region_w = y1 - y0, x1 - x0
@@ -162,4 +200,5 @@ def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: n
         for v in range(views):
             _resize_view(pixels, boxes[v, k, 0] / denom - y0, boxes[v, k, 1] / denom - x0,
                          boxes[v, k, 2] / denom, boxes[v, k, 3] / denom, outs, v, k,
-                         flips[v, k] != 0, scratch, paste_to, paste_boxes)
+                         flips[v, k] != 0, scratch, paste_to, paste_boxes,
+                         view_opts[v, OPT_WITHIN_BOX] != 0)

@@ -35,8 +35,8 @@ from ..fields.reinforce import ReinforcementField, first_bad_record
 from ..reader import SampleError
 from ..rng import OP_REPLAY, draws
 from .base import BatchContext, Decoder
-from .image_decoders import ImageDecoder, RandomHorizontalFlip, _dct_denominator, no_paste
-from .image_kernel import (STATUS_ERROR, STATUS_MISMATCH, STATUS_NEEDS_PYTHON, decode_kernel,
+from .image_decoders import ImageDecoder, RandomHorizontalFlip, no_paste
+from .image_kernel import (OPT_MAX_DENOM, OPT_WITHIN_BOX, STATUS_NEEDS_PYTHON, dct_denominator,
                            resize_decoded)
 from .targets import _MODE_IDS, DENSIFY_MODES, densify
 
@@ -160,8 +160,10 @@ class ReplayedCrop(ImageDecoder):
 
     supports_paste = False     # its own mixing reads the decoded pixels after decoding
 
-    def __init__(self, output_size: Any = 224, reinforce: str = "reinforce"):
-        super().__init__(output_size)
+    def __init__(self, output_size: Any = 224, reinforce: str = "reinforce", *,
+                 dct_scaling: bool = True, accept_jpeg_warnings: bool = False,
+                 use_libturbojpeg: bool = True):
+        super().__init__(output_size, dct_scaling, accept_jpeg_warnings, use_libturbojpeg)
         self.reinforce = reinforce
 
     def absorb(self, ops: list) -> list:
@@ -214,12 +216,13 @@ class ReplayedCrop(ImageDecoder):
         for this file): what prepare does after choosing."""
         idx = ctx.indices
         original, stored = self._original[idx], self._stored[idx]
-        boxes = map_boxes(recs["box"], original, stored)
+        boxes = map_boxes(recs["box"], original, stored).astype(np.float64)
         flips = np.ascontiguousarray(recs["flip"].astype(np.uint8))
         partner = recs["partner"].astype(np.int64)
         pos = np.flatnonzero(partner >= 0).astype(np.int64)
         pidx = np.ascontiguousarray(partner[pos])
-        pboxes = map_boxes(recs["partner_box"][pos], self._original[pidx], self._stored[pidx])
+        pboxes = map_boxes(recs["partner_box"][pos], self._original[pidx],
+                           self._stored[pidx]).astype(np.float64)
         out_h, out_w = self.output_size
         gen_h, gen_w = generated_size or (self.field.output_size if self.field is not None
                                           else self.output_size)
@@ -230,7 +233,7 @@ class ReplayedCrop(ImageDecoder):
         ctx.params[self.name] = {
             "boxes": boxes, "flips": flips, "sizes": stored, "original_sizes": original,
             "output_size": self.output_size, "all_boxes": boxes[None], "all_flips": flips[None],
-            "paste": no_paste(len(idx)),
+            "paste": no_paste(len(idx)), "view_opts": self.view_options(),
             "replay": {
                 "field": self.reinforce, "choice": choice, "records": recs,
                 "partner_positions": pos, "partner_indices": pidx,
@@ -259,28 +262,26 @@ class ReplayedCrop(ImageDecoder):
         pboxes = np.ascontiguousarray(rp["partner_boxes"][:, m0:m1])
         pflips = np.ascontiguousarray(rp["partner_flips"][:, m0:m1])
         order, paste_to, paste_boxes = no_paste(n)
-        decode_kernel()(self.reader.data, self.modes, self.ptrs, self.sizes, self.widths,
-                     self.heights, pidx, order, pboxes, pflips, 0, n, (buf,), paste_to,
-                     paste_boxes, worker["region"], worker["scratch"], worker["handle"],
-                     libturbojpeg.AVAILABLE, status)
+        opts = ctx.params[self.name]["view_opts"]
+        self.run_kernel(pidx, order, pboxes, pflips, opts, 0, n, (buf,), paste_to, paste_boxes,
+                        worker, status, lambda m: f" (mixing partner of sample "
+                                                  f"{int(ctx.indices[pos[m0 + m]])})")
         for m in range(n):
             if status[m] == STATUS_NEEDS_PYTHON:
                 self._decode_one_python(int(pidx[m]), pboxes[0, m], bool(pflips[0, m]), buf[m],
-                                        worker)
-            elif status[m] in (STATUS_ERROR, STATUS_MISMATCH):
-                raise SampleError(int(pidx[m]), self.name,
-                                  f"cannot decode JPEG (mixing partner of sample "
-                                  f"{int(ctx.indices[pos[m0 + m]])})")
+                                        opts[0], worker)
         mix_range(out, buf, pos[m0:m1], rp["mixup"][m0:m1], rp["cutmix"][m0:m1],
                   rp["cutmix_boxes"][m0:m1])
 
     def _decode_one_python(self, index: int, box: np.ndarray, flip: bool, dst: np.ndarray,
-                           worker: dict) -> None:
+                           opt: np.ndarray, worker: dict) -> None:
         """Without libturbojpeg 3: the partner's JPEG through simplejpeg, then the same resize."""
-        denom = _dct_denominator(int(box[2]), int(box[3]), dst.shape[0], dst.shape[1])
-        rgb, sy, sx = self.decode_jpeg_python(index, denom)
-        resize_decoded(rgb, box[0] * sy, box[1] * sx, box[2] * sy, box[3] * sx, dst, flip,
-                       worker["scratch"], dst, np.zeros(4, dtype=np.int64))
+        denom = dct_denominator(box[2], box[3], dst.shape[0], dst.shape[1],
+                                int(opt[OPT_MAX_DENOM]))
+        rgb = self.decode_jpeg_python(index, denom)
+        resize_decoded(rgb, box[0] / denom, box[1] / denom, box[2] / denom, box[3] / denom, dst,
+                       flip, worker["scratch"], dst, np.zeros(4, dtype=np.int64),
+                       bool(opt[OPT_WITHIN_BOX]))
 
 
 class ReplayTargets(Decoder):

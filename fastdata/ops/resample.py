@@ -13,17 +13,20 @@ torchvision's ``resized_crop(..., antialias=True)``. Units are source pixels; pi
     filterscale = max(scale, 1)             (widens the triangle only when downscaling)
     support     = 1.0 * filterscale
     center_i    = b0 + (i + 0.5) * scale
-    xmin_i      = max(int(center_i - support + 0.5), 0)
-    xmax_i      = min(int(center_i + support + 0.5), in_size)
+    xmin_i      = max(int(center_i - support + 0.5), lo)
+    xmax_i      = min(int(center_i + support + 0.5), hi)
     weight(k)   = tri((k - center_i + 0.5) / filterscale),  tri(x) = max(0, 1 - |x|),
                   for xmin_i <= k < xmax_i, normalised to sum 1.
 
 The box may be fractional (a JPEG decoded at 1/2 or 1/4 DCT scale maps an integer full-resolution
-box to a fractional one) and is clamped to the image. ``in_size`` is the whole source side, not the
-crop: as in PIL, pixels just outside the box contribute to the outermost outputs. torchvision crops
-first, so its filter stops at the box: the two differ only in a band about one source pixel wide
-along the output's edges (many output pixels wide on strong upscales), by up to ~15 levels there on
-photos.
+box to a fractional one) and is clamped to the image. ``[lo, hi)`` is where the filter may read:
+
+- ``within_box=True`` (the crop ops): the box's pixels, ``[floor(b0), ceil(b0 + len))``.  This is
+  torchvision's ``resized_crop``, which crops first and resizes the crop, so no pixel outside the
+  box ever reaches the output; on an integer box the two compute the same formula.
+- ``within_box=False``: the whole source, ``[0, in_size)``, as PIL's ``resize(box=...)``.  This
+  is what resizing a whole image and then cutting a window out of it gives (torchvision's
+  ``Resize`` + ``CenterCrop``), the window's edge pixels being filtered with their neighbours.
 
 Precision: weights and intermediate are float32 (PIL: 22-bit fixed point and a uint8 intermediate);
 outputs are rounded half up. Within 1 level of ``resize_crop_reference``; within 1 level of PIL on
@@ -63,9 +66,10 @@ def new_scratch(out_h: int, out_w: int, max_in_h: int, max_in_w: int) -> np.ndar
 
 
 @njit(nogil=True, cache=True)
-def _axis_coeffs(in_size, b0, length, out_len, stride, weights, starts, counts):
+def _axis_coeffs(lo_bound, hi_bound, b0, length, out_len, stride, weights, starts, counts):
     """Fill output i's taps: ``counts[i]`` weights from source index ``starts[i]`` at
-    ``weights[i * stride:]`` (zero-padded to ``stride``). Returns the largest count."""
+    ``weights[i * stride:]`` (zero-padded to ``stride``), reading only source indices in
+    [lo_bound, hi_bound). Returns the largest count."""
     scale = length / out_len
     filterscale = max(scale, 1.0)
     support = filterscale
@@ -73,8 +77,8 @@ def _axis_coeffs(in_size, b0, length, out_len, stride, weights, starts, counts):
     kmax = 0
     for i in range(out_len):
         center = b0 + (i + 0.5) * scale
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), in_size)
+        lo = max(int(center - support + 0.5), lo_bound)
+        hi = min(int(center + support + 0.5), hi_bound)
         # PIL's window often ends on taps of weight exactly 0 (e.g. with integer boxes); trimming
         # them saves work without changing the sum.
         total = 0.0
@@ -102,18 +106,20 @@ def _axis_coeffs(in_size, b0, length, out_len, stride, weights, starts, counts):
 
 
 @njit(nogil=True, cache=True)
-def resize_crop_into(src, y0, x0, h, w, dst, flip, scratch):
+def resize_crop_into(src, y0, x0, h, w, dst, flip, scratch, within_box=True):
     """Resize the box (``y0``, ``x0``, ``h``, ``w``: float64 source pixels) of ``src`` (uint8
     H x W x 3) into ``dst`` (uint8 out_h x out_w x 3), mirrored left-right if ``flip``. Either array
     may be a view (e.g. into a decode or batch buffer) as long as each row's pixels are contiguous.
 
     ``scratch``: float32, at least ``scratch_size(out_h, out_w, H, W)`` elements, not shared between
-    threads running at the same time. Allocates nothing and holds no GIL."""
-    resize_crop_paste_into(src, y0, x0, h, w, dst, flip, scratch, dst, 0, 0, 0, 0)
+    threads running at the same time. ``within_box``: the filter reads only the box's pixels (see
+    the module docstring). Allocates nothing and holds no GIL."""
+    resize_crop_paste_into(src, y0, x0, h, w, dst, flip, scratch, dst, 0, 0, 0, 0, within_box)
 
 
 @njit(nogil=True, cache=True)
-def resize_crop_paste_into(src, y0, x0, h, w, dst, flip, scratch, paste_dst, py0, py1, px0, px1):
+def resize_crop_paste_into(src, y0, x0, h, w, dst, flip, scratch, paste_dst, py0, py1, px0, px1,
+                           within_box):
     """``resize_crop_into``, except that output rows [py0, py1) x columns [px0, px1) (output
     pixels, after the flip) go to ``paste_dst`` (same shape as ``dst``) instead of ``dst``.
 
@@ -162,10 +168,14 @@ def resize_crop_paste_into(src, y0, x0, h, w, dst, flip, scratch, paste_dst, py0
     xcount = ints[2 * out_h + out_w:2 * (out_h + out_w)]
     out_a = scratch[o_out:o_out + n3]
     out_b = scratch[o_out + n3:o_tmp]
-    _axis_coeffs(H, by0, bh, out_h, kh, wy, ystart, ycount)
+    ylo, yhi, xlo, xhi = 0, H, 0, W
+    if within_box:
+        ylo, yhi = int(math.floor(by0)), min(int(math.ceil(by1)), H)
+        xlo, xhi = int(math.floor(bx0)), min(int(math.ceil(bx1)), W)
+    _axis_coeffs(ylo, yhi, by0, bh, out_h, kh, wy, ystart, ycount)
     # Horizontal taps are all read with the same count kx (weights are zero-padded past each
     # output's own count), which keeps the innermost loop branch-free.
-    kx = _axis_coeffs(W, bx0, bw, out_w, kw, wx, xstart, xcount)
+    kx = _axis_coeffs(xlo, xhi, bx0, bw, out_w, kw, wx, xstart, xcount)
 
     # Source columns the horizontal pass reads: [xa, xb).
     xa = W
@@ -277,15 +287,18 @@ def _store(vals, row, start, stop):
         row[t] = np.uint8(min(vals[t], top))
 
 
-def _weights_reference(in_size: int, b0: float, length: float, out_len: int) -> np.ndarray:
+def _weights_reference(in_size: int, b0: float, length: float, out_len: int,
+                       within_box: bool) -> np.ndarray:
     """Dense out_len x in_size float64 weights of one axis (the module docstring's formula)."""
     scale = length / out_len
     filterscale = max(scale, 1.0)
     support = filterscale
     center = b0 + (np.arange(out_len) + 0.5) * scale
     # int() truncates towards zero, as C's (int) cast in PIL; negatives are clamped to 0 anyway.
-    lo = np.maximum(np.trunc(center - support + 0.5), 0)
-    hi = np.minimum(np.trunc(center + support + 0.5), in_size)
+    lo_bound, hi_bound = (math.floor(b0), min(math.ceil(b0 + length), in_size)) if within_box \
+        else (0, in_size)
+    lo = np.maximum(np.trunc(center - support + 0.5), lo_bound)
+    hi = np.minimum(np.trunc(center + support + 0.5), hi_bound)
     k = np.arange(in_size)[None, :]
     wgt = np.maximum(0.0, 1.0 - np.abs((k - center[:, None] + 0.5) / filterscale))
     wgt = np.where((k >= lo[:, None]) & (k < hi[:, None]), wgt, 0.0)
@@ -293,14 +306,15 @@ def _weights_reference(in_size: int, b0: float, length: float, out_len: int) -> 
 
 
 def resize_crop_reference(src: np.ndarray, y0: float, x0: float, h: float, w: float,
-                          out_h: int, out_w: int, flip: bool = False) -> np.ndarray:
+                          out_h: int, out_w: int, flip: bool = False,
+                          within_box: bool = True) -> np.ndarray:
     """Slow float64 numpy version of ``resize_crop_into`` (same box clamping, PIL's pass order, no
     intermediate rounding), returning a new uint8 out_h x out_w x 3 array. For tests."""
     H, W = src.shape[:2]
     y1, x1 = min(y0 + h, H), min(x0 + w, W)
     y0, x0 = max(y0, 0.0), max(x0, 0.0)
-    wy = _weights_reference(H, y0, y1 - y0, out_h)
-    wx = _weights_reference(W, x0, x1 - x0, out_w)
+    wy = _weights_reference(H, y0, y1 - y0, out_h, within_box)
+    wx = _weights_reference(W, x0, x1 - x0, out_w, within_box)
     planes = src.astype(np.float64).transpose(2, 0, 1)  # C x H x W
     horiz = planes @ wx.T  # C x H x out_w: PIL's first pass
     out = (wy @ horiz).transpose(1, 2, 0)  # out_h x out_w x C
