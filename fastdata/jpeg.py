@@ -17,6 +17,7 @@ from typing import Optional
 import cv2
 import numpy as np
 import simplejpeg
+from numba import njit
 
 SOI = b"\xff\xd8"
 # Start-of-frame markers; 0xC4 (DHT), 0xC8 (JPG) and 0xCC (DAC) share the range but are not frames.
@@ -145,6 +146,73 @@ def decode(data: bytes, strict: bool = True) -> np.ndarray:
     strict=True turns libjpeg warnings (corrupt or truncated data) into JpegError."""
     try:
         return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=strict)
+    except (ValueError, RuntimeError) as err:
+        raise JpegError(str(err)) from None
+
+
+@njit(cache=True, nogil=True)
+def ends_with_eoi(data: np.ndarray) -> bool:
+    """Whether JPEG bytes (uint8) end with the end-of-image marker FF D9: a record cut short
+    does not (and a region or scaled decode may stop before it would notice)."""
+    n = len(data)
+    return n >= 2 and data[n - 2] == 0xFF and data[n - 1] == 0xD9
+
+
+@njit(cache=True, nogil=True)
+def quant_tables_valid(data: np.ndarray) -> bool:
+    """Whether every quantisation table before the first scan has only non-zero entries, as
+    the JPEG standard requires (libjpeg decodes zeroed tables to garbage without a warning).
+    Malformed segments are left to the decoder, which reports them."""
+    pos, n = 2, len(data)
+    while pos + 4 <= n and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:                    # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        if marker == 0xDA or marker == 0xD9:
+            return True
+        end = pos + 2 + (np.int64(data[pos + 2]) << 8 | np.int64(data[pos + 3]))
+        if end > n:
+            return True
+        if marker == 0xDB:
+            t = pos + 4
+            while t < end:
+                wide = data[t] >> 4              # 0: 8-bit entries, 1: 16-bit
+                t += 1
+                for _ in range(64):
+                    if t + wide >= end:
+                        return True
+                    value = np.int64(data[t]) << 8 | np.int64(data[t + 1]) if wide \
+                        else np.int64(data[t])
+                    if value == 0:
+                        return False
+                    t += 1 + wide
+        pos = end
+    return True
+
+
+NO_EOI = "the record does not end with the end-of-image marker FF D9 (truncated?)"
+ZERO_QUANT = "a quantisation table has zero entries (corrupt header)"
+
+
+def decode_record(data: np.ndarray, accept_warnings: bool = False, min_height: int = 0,
+                  min_width: int = 0) -> np.ndarray:
+    """A stored JPEG record (uint8 array) decoded under the loader's rule for corrupt data:
+    JpegError for a record that does not end with FF D9, a zeroed quantisation table, or data
+    that libjpeg decodes only with a warning (stored records have none when intact: the writer
+    re-encodes sources that warn, FFCV encodes with OpenCV).  ``accept_warnings`` decodes
+    whatever libjpeg can, as FFCV does."""
+    if not accept_warnings:
+        if not ends_with_eoi(data):
+            raise JpegError(NO_EOI)
+        if not quant_tables_valid(data):
+            raise JpegError(ZERO_QUANT)
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=not accept_warnings,
+                                      min_height=min_height, min_width=min_width)
     except (ValueError, RuntimeError) as err:
         raise JpegError(str(err)) from None
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Type
 import numpy as np
 
 from . import format as fmt
-from .fields import CUSTOM_TYPE_ID, TYPE_IDS, Field, RegionTable
+from .fields import CUSTOM_TYPE_ID, TYPE_IDS, Field, RegionTable, RGBImageField
 from .format import FormatError
 
 
@@ -34,10 +34,13 @@ class Reader:
 
     ``custom_fields`` maps a field name to its class for fields stored with FFCV's custom type
     id 255.  Raises FormatError (naming what is wrong) for a truncated or corrupt file.
+    ``accept_jpeg_warnings``: decode JPEG records that libjpeg decodes only with a warning
+    (corrupt data), as FFCV does; by default ``read`` raises SampleError for them and for
+    records that do not end with the end-of-image marker.
     """
 
     def __init__(self, path: str | os.PathLike, custom_fields: Optional[Mapping[str, Type[Field]]]
-                 = None):
+                 = None, accept_jpeg_warnings: bool = False):
         self.path = os.fspath(path)
         custom_fields = dict(custom_fields or {})
         with open(self.path, "rb") as f:
@@ -50,6 +53,9 @@ class Reader:
         except FormatError as err:
             self.close()
             raise FormatError(f"{self.path}: {err}") from None
+        for field in self.fields.values():
+            if isinstance(field, RGBImageField):
+                field.accept_jpeg_warnings = bool(accept_jpeg_warnings)
 
     def _open(self, custom_fields: Mapping[str, Type[Field]]) -> None:
         self.data = np.frombuffer(self._mmap, dtype=np.uint8)

@@ -52,6 +52,8 @@ class RGBImageField(Field):
 
     TYPE_ID = 2
     side_table_dtype = np.dtype([("width", "<u4"), ("height", "<u4")])
+    #: reading: decode JPEG data that libjpeg decodes only with a warning (set by the Reader)
+    accept_jpeg_warnings = False
 
     def __init__(self, write_mode: str = "raw", max_resolution: Optional[int] = None,
                  smart_threshold: Optional[int] = None, jpeg_quality: int = 90,
@@ -204,5 +206,8 @@ class RGBImageField(Field):
         if (info.width, info.height) != (width, height):
             raise FormatError(f"stored JPEG is {info.width}x{info.height} but its record "
                               f"says {width}x{height}")
-        return jpeg.decode(payload, strict=False)
+        try:
+            return jpeg.decode_record(payload, self.accept_jpeg_warnings)
+        except jpeg.JpegError as err:
+            raise FormatError(f"cannot decode JPEG: {err}") from None
 

@@ -14,9 +14,9 @@ Per sample, in a Numba kernel holding no GIL (fastdata.ops.image_kernel):
    the box's pixels, as torchvision's crop-then-resize.
 
 Corrupt JPEG data is an error (``SampleError`` with the sample index and field) by default:
-a record that does not end with the end-of-image marker, and data that libjpeg decodes only
-with a warning, except the one warning intact photos give (junk before the end marker).
-``accept_jpeg_warnings=True`` accepts what libjpeg can decode, as FFCV does.
+a record that does not end with the end-of-image marker, a zeroed quantisation table, and data
+that libjpeg decodes only with a warning (see jpeg.decode_record).  ``accept_jpeg_warnings=True``
+accepts what libjpeg can decode, as FFCV does.
 
 Boxes and flip bits stay in the batch's params, where later ops (label pooling) read them, and
 ``params_record`` reports them in stored and in original-image pixels.
@@ -38,13 +38,16 @@ from .base import BatchContext, BatchOp, Decoder, check_range
 from .crop_params import (center_crop_box, random_resized_crop_boxes,
                           torchvision_center_crop_boxes)
 from .image_kernel import (OPT_MAX_DENOM, OPT_WITHIN_BOX, STATUS_ERROR, STATUS_MISMATCH,
-                           STATUS_NEEDS_PYTHON, STATUS_NO_EOI, STATUS_WARNING, dct_denominator,
-                           decode_kernel, ends_with_eoi, resize_decoded)
+                           STATUS_NEEDS_PYTHON, STATUS_NO_EOI, STATUS_WARNING, STATUS_ZERO_QUANT,
+                           dct_denominator,
+                           decode_kernel, resize_decoded)
 from .resample import scratch_size
 
 DEFAULT_CROP_RATIO = 224 / 256
 _EMPTY = np.zeros(4, dtype=np.int64)      # an empty paste region
-_NO_EOI = "the record does not end with the end-of-image marker FF D9 (truncated?)"
+_REASONS = {STATUS_MISMATCH: "stored JPEG's size differs from its record",
+            STATUS_NO_EOI: jpeg.NO_EOI, STATUS_ZERO_QUANT: jpeg.ZERO_QUANT}
+_FAILED = (STATUS_ERROR, *_REASONS)
 
 
 class RandomHorizontalFlip(BatchOp):
@@ -245,30 +248,23 @@ class ImageDecoder(Decoder):
                                  use_turbo, not self.accept_jpeg_warnings, status)
         for k in order[start:stop]:
             code = status[k]
-            if code in (STATUS_ERROR, STATUS_MISMATCH, STATUS_NO_EOI) or (
-                    code == STATUS_WARNING and not self.accept_jpeg_warnings):
-                index = int(indices[k])
-                if code == STATUS_ERROR:
-                    reason = libturbojpeg.error_string(worker["handle"])
-                elif code == STATUS_MISMATCH:
-                    reason = "stored JPEG's size differs from its record"
-                elif code == STATUS_NO_EOI:
-                    reason = _NO_EOI
-                else:
-                    reason = self._warning_reason(index)
-                    if reason is None:      # only junk before the end marker: pixels intact
-                        continue
+            if code in _FAILED or (code == STATUS_WARNING and not self.accept_jpeg_warnings):
                 role = describe(int(k)) if describe is not None else ""
-                raise SampleError(index, self.name, f"cannot decode JPEG{role}: {reason}")
+                index = int(indices[k])
+                raise SampleError(index, self.name, f"cannot decode JPEG{role}: "
+                                  f"{self._failure_reason(index, code, worker['handle'])}")
 
-    def _warning_reason(self, index: int) -> Optional[str]:
-        """Why libjpeg warned on sample ``index``'s JPEG, or None when the warning is the
-        harmless one (junk before the end marker)."""
+    def _failure_reason(self, index: int, code: int, handle: int) -> str:
+        """Why the kernel failed sample ``index``: decoding it again with simplejpeg gives the
+        message of its first error or warning (the handle's own message may already belong to
+        a later sample of the range)."""
+        if code in _REASONS:
+            return _REASONS[code]
         try:
-            jpeg.validate(self.payload(index))
+            jpeg.decode_record(self.payload(index))
         except JpegError as err:
-            return None if jpeg.is_harmless(err) else f"corrupt JPEG data ({err})"
-        return None
+            return str(err)
+        return libturbojpeg.error_string(handle)
 
     def payload(self, index: int) -> np.ndarray:
         """Sample ``index``'s stored bytes (a view into the file)."""
@@ -298,22 +294,11 @@ class ImageDecoder(Decoder):
         """Sample ``index``'s whole JPEG decoded by simplejpeg (GIL released) at exactly 1/denom
         scale (each side ceil(side / denom), as libjpeg's DCT scaling), under this decoder's
         rule for corrupt data."""
-        data = self.payload(index)
         height, width = int(self.heights[index]), int(self.widths[index])
-        strict = not self.accept_jpeg_warnings
-        if strict and not ends_with_eoi(data):
-            raise SampleError(index, self.name, f"cannot decode JPEG: {_NO_EOI}")
         want = (-(-height // denom), -(-width // denom))
         try:
-            try:
-                rgb = jpeg.simplejpeg.decode_jpeg(data, colorspace="RGB", strict=strict,
-                                                  min_height=want[0], min_width=want[1])
-            except (ValueError, RuntimeError) as err:
-                if not (strict and jpeg.is_harmless(JpegError(str(err)))):
-                    raise
-                rgb = jpeg.simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False,
-                                                  min_height=want[0], min_width=want[1])
-        except (ValueError, RuntimeError) as err:
+            rgb = jpeg.decode_record(self.payload(index), self.accept_jpeg_warnings, *want)
+        except JpegError as err:
             raise SampleError(index, self.name, f"cannot decode JPEG: {err}") from None
         if rgb.shape[:2] != want:
             raise SampleError(index, self.name, f"stored JPEG's size differs from its record: "

@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit
 
 from .. import libturbojpeg
+from ..jpeg import ends_with_eoi, quant_tables_valid
 from ..libturbojpeg import MCU_WIDTH, decode_region, read_header, scaled
 from .resample import resize_crop_paste_into
 
@@ -22,6 +23,7 @@ STATUS_ERROR = -1
 STATUS_MISMATCH = -2        # the JPEG's size is not the one its record says
 STATUS_NEEDS_PYTHON = -3    # JPEG, but no libturbojpeg 3 here: decoded by the Python fallback
 STATUS_NO_EOI = -4          # the record does not end with the end-of-image marker: truncated
+STATUS_ZERO_QUANT = -5      # a quantisation table with zero entries: decodes to garbage silently
 
 MODE_JPG = 0
 # view_opts[v] columns: the largest DCT scale-down view v allows (1: none), and whether its
@@ -78,14 +80,6 @@ def _resize_raw(data: np.ndarray, ptr: int, size: int, height: int, width: int,
                      view_opts[v, OPT_WITHIN_BOX] != 0)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def ends_with_eoi(src: np.ndarray) -> bool:
-    """Whether a JPEG's bytes end with the end-of-image marker FF D9 (a record cut short
-    does not, and region decoding may never read far enough to notice)."""
-    n = len(src)
-    return n >= 2 and src[n - 2] == 0xFF and src[n - 1] == 0xD9
-
-
 @njit(cache=True, nogil=True)
 def decode_range_raw_only(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray,
                           sizes: np.ndarray, widths: np.ndarray, heights: np.ndarray,
@@ -93,7 +87,7 @@ def decode_range_raw_only(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray,
                           flips: np.ndarray, view_opts: np.ndarray, start: int, stop: int,
                           outs: tuple, paste_to: np.ndarray, paste_boxes: np.ndarray,
                           region: np.ndarray, scratch: np.ndarray, handle: int,
-                          use_turbo: bool, require_eoi: bool, status: np.ndarray) -> None:
+                          use_turbo: bool, strict: bool, status: np.ndarray) -> None:
     """decode_range without libturbojpeg 3 (which this function must not reference: its symbols
     are unresolved where the library is missing): raw samples here, JPEGs marked for the Python
     fallback."""
@@ -129,7 +123,7 @@ def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: n
                  boxes: np.ndarray, flips: np.ndarray, view_opts: np.ndarray, start: int,
                  stop: int, outs: tuple, paste_to: np.ndarray, paste_boxes: np.ndarray,
                  region: np.ndarray, scratch: np.ndarray, handle: int, use_turbo: bool,
-                 require_eoi: bool, status: np.ndarray) -> None:
+                 strict: bool, status: np.ndarray) -> None:
     """Decode the batch positions order[start:stop]: position k is sample indices[k], into
     outs[v][k] for each view v; status[k] says how it went.
 
@@ -139,7 +133,8 @@ def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: n
     outs[0][paste_to[k]] instead (a CutMix planned before decoding); -1: no paste.
     A JPEG is decoded once per sample, over the union of the pixels its views' filters read,
     at the smallest DCT scale that still leaves every view's box at least its output size.
-    require_eoi: a JPEG record must end with FF D9 (else STATUS_NO_EOI)."""
+    strict: a JPEG record must end with FF D9 (else STATUS_NO_EOI) and have no zeroed
+    quantisation table (else STATUS_ZERO_QUANT); warnings are reported either way."""
     views = len(outs)
     info = np.zeros(3, dtype=np.int32)
     for t in range(start, stop):
@@ -156,8 +151,11 @@ def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: n
             status[k] = STATUS_NEEDS_PYTHON
             continue
         src = data[ptr:ptr + size]
-        if require_eoi and not ends_with_eoi(src):
+        if strict and not ends_with_eoi(src):
             status[k] = STATUS_NO_EOI
+            continue
+        if strict and not quant_tables_valid(src):
+            status[k] = STATUS_ZERO_QUANT
             continue
         if read_header(handle, src, info) != 0:
             status[k] = STATUS_ERROR
