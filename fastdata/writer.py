@@ -8,15 +8,21 @@ process cache rely on it).
 
 The file is written under a temporary name beside the output and renamed over it only when it is
 complete: an interrupted, killed or failed write never leaves a file at the output path that looks
-complete, and an older file there is kept intact until the new one replaces it.
+complete, and an older file there is kept intact until the new one replaces it.  The temporary name
+carries the writer's host and pid, so that a later write can tell (and remove) the temporary files
+of writers that were killed outright from those of writers still running.
 """
 from __future__ import annotations
 
 import os
 import queue
-import tempfile
+import re
+import secrets
+import signal
+import socket
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field as dataclass_field
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
@@ -29,6 +35,16 @@ from .fields import Field
 
 class WriteError(RuntimeError):
     """The write stopped; nothing was left at the output path."""
+
+
+class WriteTerminated(SystemExit):
+    """SIGTERM arrived during a write; the temporary file was removed.
+
+    A SystemExit with status 143 (128 + SIGTERM): left uncaught, the process ends with the status
+    a shell reports for a process that SIGTERM ended, as it would have without the write."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
 
 
 @dataclass
@@ -223,15 +239,24 @@ class DatasetWriter:
     def write(self, num_samples: int, load: Callable[[int], tuple],
               describe: Callable[[int], str] = lambda k: f"sample {k}",
               source_index: Callable[[int], int] = lambda k: k) -> WriteReport:
-        """Write samples ``load(0) .. load(num_samples - 1)``; ``load`` runs in worker threads."""
+        """Write samples ``load(0) .. load(num_samples - 1)``; ``load`` runs in worker threads.
+
+        First removes the temporary files that killed writers of this output left (see
+        remove_stale_partials).  Called from the main thread of a process whose SIGTERM has its
+        default action, a SIGTERM during the write removes the temporary file and raises
+        WriteTerminated (exit status 143 unless caught)."""
         if num_samples <= 0:
             raise WriteError(f"nothing to write to {self.path}: no samples")
         out_dir = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(out_dir):
             raise WriteError(f"output folder {out_dir} does not exist")
-        fd, tmp_path = tempfile.mkstemp(dir=out_dir, prefix=os.path.basename(self.path) + ".",
-                                        suffix=".partial")
+        with _SigtermRaises():
+            return self._write_atomically(num_samples, load, describe, source_index)
+
+    def _write_atomically(self, num_samples: int, load, describe, source_index) -> WriteReport:
+        remove_stale_partials(self.path)
         started = time.perf_counter()
+        fd, tmp_path = _create_partial(self.path)
         try:
             try:
                 written, failures = self._write_file(fd, num_samples, load, describe,
@@ -297,19 +322,22 @@ class DatasetWriter:
         chunk = 8
         window = 4 * self.num_workers
         chunks = [range(s, min(s + chunk, num_samples)) for s in range(0, num_samples, chunk)]
-        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="fastdata-writer") as pool:
-            pending = []
-            next_chunk = 0
-            try:
-                while pending or next_chunk < len(chunks):
-                    while next_chunk < len(chunks) and len(pending) < window:
-                        pending.append(pool.submit(self._encode_chunk, chunks[next_chunk], load,
-                                                   source_index, describe))
-                        next_chunk += 1
-                    yield from pending.pop(0).result()
-            finally:
-                for fut in pending:
-                    fut.cancel()
+        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="fastdata-writer")
+        pending = []
+        next_chunk = 0
+        try:
+            while pending or next_chunk < len(chunks):
+                while next_chunk < len(chunks) and len(pending) < window:
+                    pending.append(pool.submit(self._encode_chunk, chunks[next_chunk], load,
+                                               source_index, describe))
+                    next_chunk += 1
+                yield from pending.pop(0).result()
+        except BaseException:
+            # Stopped (failure, Ctrl-C, SIGTERM): samples still loading only write to memory, so
+            # the temporary file is removed now rather than after the slowest of them returns.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
 
     def _write_file(self, fd: int, num_samples: int, load, describe, source_index
                     ) -> tuple[int, list[SampleFailure]]:
@@ -391,6 +419,91 @@ class DatasetWriter:
             descriptors[k]["arguments"] = arguments[k]
         _pwrite_all(fd, 0, header.tobytes() + descriptors.tobytes() + metadata[:written].tobytes())
         return written, failures
+
+
+_PARTIAL_SUFFIX = ".partial"
+
+
+def _host_tag() -> str:
+    """8 hex digits naming this machine: a writer on another machine sharing the output folder
+    (whose pid means nothing here) must never be taken for a dead one."""
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _create_partial(path: str) -> tuple[int, str]:
+    """Create ``<path>.<host tag>.<pid>.<8 random hex digits>.partial`` beside ``path`` (same
+    folder, so the final rename is atomic), readable by this user only until complete; returns
+    its descriptor and path."""
+    out_dir, base = os.path.split(os.path.abspath(path))
+    prefix = os.path.join(out_dir, f"{base}.{_host_tag()}.{os.getpid()}.")
+    while True:
+        tmp_path = prefix + secrets.token_hex(4) + _PARTIAL_SUFFIX
+        try:
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+            return os.open(tmp_path, flags, 0o600), tmp_path
+        except FileExistsError:
+            continue
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists here (when unsure: yes)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True     # another user's process; a number no pid can be: not ours to judge
+    return True
+
+
+def remove_stale_partials(path: str | os.PathLike) -> list[str]:
+    """Remove the temporary files that writers of ``path`` on this machine left behind when they
+    were killed (SIGKILL, power loss): those whose pid names no running process.  A file whose
+    pid runs (its writer, or a process that reused the pid) is kept, as is any file not named
+    exactly as this module names the temporary files of ``path``.  Returns the removed paths."""
+    out_dir, base = os.path.split(os.path.abspath(os.fspath(path)))
+    pattern = re.compile(re.escape(f"{base}.{_host_tag()}.") + r"([1-9][0-9]*)\.[0-9a-f]{8}"
+                         + re.escape(_PARTIAL_SUFFIX))
+    try:
+        names = os.listdir(out_dir)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(out_dir, name))
+            removed.append(os.path.join(out_dir, name))
+        except OSError:
+            pass        # gone already (another writer removed it) or not ours to remove
+    return removed
+
+
+class _SigtermRaises:
+    """While active, SIGTERM raises WriteTerminated in the main thread (as SIGINT raises
+    KeyboardInterrupt), so that the write removes its temporary file before the process ends.
+
+    Only where SIGTERM would otherwise end the process on the spot (the default action): a
+    handler of the caller's own, or an ignored SIGTERM, is left in place (if that handler raises,
+    the write cleans up likewise), and outside the main thread no handler can be set.  A second
+    SIGTERM ends the process at once.  The previous handler is restored on exit."""
+
+    def __enter__(self) -> "_SigtermRaises":
+        self.installed = (threading.current_thread() is threading.main_thread()
+                          and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+        if self.installed:
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def _on_sigterm(self, signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise WriteTerminated()
+
+    def __exit__(self, *exc_info) -> None:
+        if self.installed and signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _umask() -> int:
