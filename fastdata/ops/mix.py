@@ -565,7 +565,8 @@ class Mixup(BatchOp):
                 "partner": np.arange(batch_size - 1, -1, -1, dtype=np.int64)}
 
     def _boxes(self, seed: int, epoch: int, keys: np.ndarray, lam: np.ndarray, h: int, w: int):
-        """timm's rand_bbox / rand_bbox_minmax from counter-based uniforms: (boxes, areas)."""
+        """timm 1.0.31's rand_bbox / rand_bbox_minmax from counter-based uniforms: (boxes, areas).
+        Each ``np.random.randint(low, high)`` of timm is ``low + floor(u * (high - low))``."""
         u_y = draws(seed, epoch, keys, self._op, K_CY)
         u_x = draws(seed, epoch, keys, self._op, K_CX)
         if self.cutmix_minmax is not None:
@@ -574,8 +575,10 @@ class Mixup(BatchOp):
                 return low + np.floor(u * np.maximum(high - low, 0)).astype(np.int64)
             cut_h = randint(u_y, int(h * lo), int(h * hi))
             cut_w = randint(u_x, int(w * lo), int(w * hi))
-            y0 = randint(draws(seed, epoch, keys, self._op, K_TOP), 0, h - cut_h)
-            x0 = randint(draws(seed, epoch, keys, self._op, K_LEFT), 0, w - cut_w)
+            # timm >= 1.0.29: the top-left corner ranges over every position that fits, the
+            # last one included (randint(0, H - cut_h + 1)).
+            y0 = randint(draws(seed, epoch, keys, self._op, K_TOP), 0, h - cut_h + 1)
+            x0 = randint(draws(seed, epoch, keys, self._op, K_LEFT), 0, w - cut_w + 1)
             y1, x1 = y0 + cut_h, x0 + cut_w
         else:
             ratio = np.sqrt(1 - lam)          # float32 for per-element lambdas, as timm
@@ -583,8 +586,10 @@ class Mixup(BatchOp):
             cut_w = (w * ratio).astype(np.int64)
             cy = np.floor(u_y * h).astype(np.int64)     # randint(0, H)
             cx = np.floor(u_x * w).astype(np.int64)
-            y0, y1 = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + cut_h // 2, 0, h)
-            x0, x1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + cut_w // 2, 0, w)
+            # timm >= 1.0.29: an odd side's extra row (column) goes after the centre, so an
+            # unclipped box is cut_h x cut_w exactly.
+            y0, y1 = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + (cut_h + 1) // 2, 0, h)
+            x0, x1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + (cut_w + 1) // 2, 0, w)
         boxes = np.stack([y0, y1, x0, x1], axis=1).astype(np.int64)
         return boxes, ((y1 - y0) * (x1 - x0)).astype(np.float64)
 
