@@ -25,7 +25,8 @@ setup(
     ],
     extras_require={
         "torch": ["torch>=2.0"],
-        "test": ["pytest>=7", "psutil>=5"],
+        # timm: tests/test_mix_timm.py compares Mixup/CutMix with the version fastdata follows.
+        "test": ["pytest>=7", "psutil>=5", "timm==1.0.31"],
     },
     entry_points={"console_scripts": ["fastdata=fastdata.cli:main"]},
 )

@@ -1,12 +1,16 @@
-"""Dense targets and Mixup / CutMix as batch ops, with timm's semantics (``timm/data/mixup.py``).
+"""Dense targets and Mixup / CutMix as batch ops, with the semantics of timm 1.0.31's
+``timm/data/mixup.py`` (``tests/test_mix_timm.py`` feeds timm 1.0.31 the same draws and compares).
 
 ``OneHot`` turns integer labels into a dense float32 ``[B, C]`` target with label smoothing
 (timm's ``off = eps / C``, ``on = 1 - eps + off``), or smooths an already dense target.
 ``Mixup`` mixes images and targets exactly as timm's ``Mixup`` does: the same arguments and
-defaults, the same ``batch`` / ``pair`` / ``elem`` modes, the same partner (the reversed batch:
-element i is mixed with element B-1-i, so the batch size must be even), the same CutMix box
-(``rand_bbox`` / ``rand_bbox_minmax``), the same area-corrected lambda and the same target
-``lam * onehot(y) + (1 - lam) * onehot(flip(y))`` with the smoothing applied inside the mix.
+defaults (but ``multi_label``, below), the same ``batch`` / ``pair`` / ``elem`` modes, the same
+partner (the reversed batch: element i is mixed with element B-1-i, so the batch size must be
+even), the same CutMix box (``rand_bbox`` / ``rand_bbox_minmax`` as changed after timm 1.0.26: an
+unclipped box is exactly ``int(H * sqrt(1 - lam))`` rows by ``int(W * sqrt(1 - lam))`` columns,
+and a minmax box may touch the bottom and right borders), the same area-corrected lambda and
+the same target ``lam * onehot(y) + (1 - lam) * onehot(flip(y))`` with the smoothing applied
+inside the mix.
 
 Differences from timm, all deliberate:
 
@@ -39,8 +43,9 @@ Differences from timm, all deliberate:
 - The label may be integer class ids (``[B]`` or ``[B, 1]``: one-hot + smoothing inside the mix,
   as timm) or an already dense float target ``[B, C]`` (ReLabel's pooled soft labels, a
   teacher's probabilities): then it is smoothed first (``y * (1 - eps) + eps / C``, as ReLabel's
-  code does, only when ``label_smoothing > 0``) and the dense targets are mixed.  The target is
-  float32 (float64 stays float64) and is put on the images' device, as timm does.
+  code does, only when ``label_smoothing > 0``) and the dense targets are mixed.  timm's
+  ``multi_label=True`` (dense multi-label targets smoothed towards 0.5) is not provided.  The
+  target is float32 (float64 stays float64) and is put on the images' device, as timm does.
 - ``ctx.params['mix']`` records what was drawn (see ``Mixup.__call__``), for tests and for ops
   that run later.
 - ``region_target``: an optional callable that gives, for each CutMix sample, the soft label of
@@ -565,7 +570,8 @@ class Mixup(BatchOp):
                 "partner": np.arange(batch_size - 1, -1, -1, dtype=np.int64)}
 
     def _boxes(self, seed: int, epoch: int, keys: np.ndarray, lam: np.ndarray, h: int, w: int):
-        """timm's rand_bbox / rand_bbox_minmax from counter-based uniforms: (boxes, areas)."""
+        """timm 1.0.31's rand_bbox / rand_bbox_minmax from counter-based uniforms: (boxes, areas).
+        Each ``np.random.randint(low, high)`` of timm is ``low + floor(u * (high - low))``."""
         u_y = draws(seed, epoch, keys, self._op, K_CY)
         u_x = draws(seed, epoch, keys, self._op, K_CX)
         if self.cutmix_minmax is not None:
@@ -574,8 +580,10 @@ class Mixup(BatchOp):
                 return low + np.floor(u * np.maximum(high - low, 0)).astype(np.int64)
             cut_h = randint(u_y, int(h * lo), int(h * hi))
             cut_w = randint(u_x, int(w * lo), int(w * hi))
-            y0 = randint(draws(seed, epoch, keys, self._op, K_TOP), 0, h - cut_h)
-            x0 = randint(draws(seed, epoch, keys, self._op, K_LEFT), 0, w - cut_w)
+            # timm > 1.0.26: the top-left corner ranges over every position that fits, the
+            # last one included (randint(0, H - cut_h + 1)).
+            y0 = randint(draws(seed, epoch, keys, self._op, K_TOP), 0, h - cut_h + 1)
+            x0 = randint(draws(seed, epoch, keys, self._op, K_LEFT), 0, w - cut_w + 1)
             y1, x1 = y0 + cut_h, x0 + cut_w
         else:
             ratio = np.sqrt(1 - lam)          # float32 for per-element lambdas, as timm
@@ -583,8 +591,10 @@ class Mixup(BatchOp):
             cut_w = (w * ratio).astype(np.int64)
             cy = np.floor(u_y * h).astype(np.int64)     # randint(0, H)
             cx = np.floor(u_x * w).astype(np.int64)
-            y0, y1 = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + cut_h // 2, 0, h)
-            x0, x1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + cut_w // 2, 0, w)
+            # timm > 1.0.26: an odd side's extra row (column) goes after the centre, so an
+            # unclipped box is cut_h x cut_w exactly.
+            y0, y1 = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + (cut_h + 1) // 2, 0, h)
+            x0, x1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + (cut_w + 1) // 2, 0, w)
         boxes = np.stack([y0, y1, x0, x1], axis=1).astype(np.int64)
         return boxes, ((y1 - y0) * (x1 - x0)).astype(np.float64)
 
