@@ -29,6 +29,7 @@ MODE_JPG = 0
 # view_opts[v] columns: the largest DCT scale-down view v allows (1: none), and whether its
 # filter reads only the box's pixels (resample.py's within_box).
 OPT_MAX_DENOM, OPT_WITHIN_BOX = 0, 1
+EDGE = 4          # pixels: chroma upsampling reads one chroma sample (up to 4 pixels) beyond
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -182,7 +183,11 @@ def decode_range(data: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, sizes: n
             x0 = min(x0, max(int(math.floor(box_left)) - mx, 0))
             y1 = max(y1, min(int(math.ceil(box_top + box_h)) + my, full_h))
             x1 = max(x1, min(int(math.ceil(box_left + box_w)) + mx, full_w))
-        # Region decoding starts on an iMCU column (unknown subsampling: whole rows).
+        # libjpeg upsamples chroma from neighbouring samples, which a region decode lacks at
+        # its edges: decode EDGE more pixels on each side so the box's pixels are a full
+        # decode's.  Region decoding starts on an iMCU column (unknown subsampling: whole rows).
+        y0, x0 = max(y0 - EDGE, 0), max(x0 - EDGE, 0)
+        y1, x1 = min(y1 + EDGE, full_h), min(x1 + EDGE, full_w)
         if info[2] >= 0 and info[2] < len(MCU_WIDTH):
             mcu = max(MCU_WIDTH[info[2]] // denom, 1)
             x0 = x0 // mcu * mcu
