@@ -59,11 +59,16 @@ def check_regions_match_values(alloc_table: np.ndarray,
     if not matched:
         raise FormatError(_first_mismatch(alloc_table, np.flatnonzero(of_sample), region_rows,
                                           value_rows, [v[0] for v in values], num_samples))
-    side_table_starts = set(int(p) for p in side_table_ptrs)
-    for k in np.flatnonzero(~of_sample):
-        if int(ptrs[k]) not in side_table_starts:
-            raise FormatError(f"allocation entry {k} (ptr {int(ptrs[k])}, {int(sizes[k])} bytes) "
-                              f"belongs to no sample and is no field's side table")
+    # Side tables: each is one region of its own, recorded with no sample id.
+    side_entries = np.flatnonzero(~of_sample)
+    side_table_starts = sorted(int(p) for p in side_table_ptrs)
+    if sorted(int(p) for p in ptrs[side_entries]) != side_table_starts:
+        for k in side_entries:
+            if int(ptrs[k]) not in side_table_starts:
+                raise FormatError(f"allocation entry {k} (ptr {int(ptrs[k])}, {int(sizes[k])} "
+                                  f"bytes) belongs to no sample and is no field's side table")
+        raise FormatError(f"the side tables at {side_table_starts} are not each one region "
+                          f"recorded for no sample")
 
 
 def _row_order(ids: np.ndarray, ptrs: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -266,7 +271,7 @@ class Reader:
                               f"{self.num_samples} samples")
         starts = np.searchsorted(self.regions.ptrs, ptr)
         if starts >= len(self.regions.ptrs) or int(self.regions.ptrs[starts]) != ptr \
-                or int(self.regions.sizes[starts]) < nbytes:
+                or int(self.regions.sizes[starts]) != nbytes:
             raise FormatError(f"field {name!r}: side table pointer {ptr} is not the start of an "
                               f"allocated region of {nbytes} bytes")
         return self.data[ptr:ptr + nbytes].view(field.side_table_dtype)

@@ -562,17 +562,23 @@ def test_two_fields_sharing_one_region(valid_file, tmp_path):
         fastdata.Reader(path)
 
 
-def test_region_no_value_refers_to(valid_file, tmp_path):
-    """An extra allocation entry for sample 2, in free space after the last region."""
+@pytest.mark.parametrize("owner", ["sample 2", "no sample"])
+def test_region_no_value_refers_to(valid_file, tmp_path, owner):
+    """An extra allocation entry, in free space after the last region: for sample 2, or for no
+    sample (as side tables are) though no field has a side table there."""
     lay = Layout(valid_file)
     with fastdata.Reader(valid_file) as r:
         free = int((r.alloc_table["ptr"] + r.alloc_table["size"]).max()) + 8
     assert free + 16 <= lay.alloc_ptr
-    entry = np.array([(2, free, 16)], dtype=fmt.ALLOC_ENTRY_DTYPE)
+    sample_id = 2 if owner == "sample 2" else fmt.NO_SAMPLE_ID
+    entry = np.array([(sample_id, free, 16)], dtype=fmt.ALLOC_ENTRY_DTYPE)
     path = tmp_path / "d3.beton"
     path.write_bytes(valid_file.read_bytes() + entry.tobytes())
-    with pytest.raises(fastdata.FormatError, match=rf"allocation entry {lay.num_entries} \(sample "
-                       rf"2, ptr {free}, 16 bytes\) is the value of no field of sample 2"):
+    expected = (rf"\(sample 2, ptr {free}, 16 bytes\) is the value of no field of sample 2"
+                if owner == "sample 2" else
+                rf"\(ptr {free}, 16 bytes\) belongs to no sample and is no field's side table")
+    with pytest.raises(fastdata.FormatError, match=rf"allocation entry {lay.num_entries} "
+                                                   + expected):
         fastdata.Reader(path)
 
 
