@@ -552,6 +552,18 @@ def test_raw_image_smaller_than_its_region(valid_file, tmp_path):
            in str(info.value), str(info.value)
 
 
+@pytest.mark.parametrize("field", ["blob", "meta"])
+def test_value_shorter_than_its_region(valid_file, tmp_path, field):
+    """Both writers record a byte string's exact size: a shorter one in the metadata is corrupt."""
+    lay = Layout(valid_file)
+    ptr, size = _value_at(valid_file, 17, field)
+    path = _patched(valid_file, tmp_path, "short.beton", _ptr_patch(lay, 17, field, ptr, size - 1))
+    with pytest.raises(fastdata.FormatError, match=rf"sample 17, field '{field}': value of "
+                                                   rf"{size - 1} bytes where its allocated region "
+                                                   rf"holds {size} bytes"):
+        fastdata.Reader(path)
+
+
 def test_two_fields_sharing_one_region(valid_file, tmp_path):
     lay = Layout(valid_file)
     ptr, size = _value_at(valid_file, 3, "meta")
