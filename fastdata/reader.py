@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Mapping, Optional, Type
+from typing import Any, Mapping, Optional, Sequence, Type
 
 import numpy as np
 
@@ -23,6 +23,121 @@ class SampleError(RuntimeError):
     def __init__(self, index: int, field: str, reason: str):
         super().__init__(f"sample {index}, field {field!r}: {reason}")
         self.index, self.field, self.reason = index, field, reason
+
+
+def check_regions_match_values(alloc_table: np.ndarray,
+                               values: Sequence[tuple[str, np.ndarray, np.ndarray]],
+                               num_samples: int, side_table_ptrs: Sequence[int] = ()) -> None:
+    """FormatError unless the allocation table's regions and the stored values match one to one.
+
+    Each value (sample i, field) with a payload must be exactly one region: the one that starts at
+    its pointer, of its size, whose sample id in the table is i.  Each region must be exactly one
+    such value, or one field's side table (sample id NO_SAMPLE_ID).  This catches a pointer moved
+    onto another sample's region, two values sharing a region, and regions no value refers to (for
+    example after a corrupt field type id, which makes later fields read the wrong metadata bytes).
+
+    alloc_table: ALLOC_ENTRY_DTYPE[E], already checked to lie inside the file.
+    values: (field name, pointers uint64[num_samples], sizes uint64[num_samples] in bytes) per
+      field with payloads, in field order.
+    side_table_ptrs: where each field's side table starts.
+    Cost: one argsort of the table and one of the pointers (each cheap on the nearly sorted
+    arrays writers produce), a few elementwise passes; no Python loop over samples.
+    """
+    ids, ptrs, sizes = alloc_table["sample_id"], alloc_table["ptr"], alloc_table["size"]
+    of_sample = ids != fmt.NO_SAMPLE_ID
+    region_rows = (ids[of_sample], ptrs[of_sample], sizes[of_sample])
+    value_rows = (np.tile(np.arange(num_samples, dtype=np.uint64), len(values)),
+                  np.concatenate([np.asarray(v[1], np.uint64) for v in values] or
+                                 [np.zeros(0, np.uint64)]),
+                  np.concatenate([np.asarray(v[2], np.uint64) for v in values] or
+                                 [np.zeros(0, np.uint64)]))
+    matched = False
+    if len(region_rows[0]) == len(value_rows[0]):
+        region_order, value_order = _row_order(*region_rows), _row_order(*value_rows)
+        matched = all(np.array_equal(r[region_order], v[value_order])
+                      for r, v in zip(region_rows, value_rows))
+    if not matched:
+        raise FormatError(_first_mismatch(alloc_table, np.flatnonzero(of_sample), region_rows,
+                                          value_rows, [v[0] for v in values], num_samples))
+    # Side tables: each is one region of its own, recorded with no sample id.
+    side_entries = np.flatnonzero(~of_sample)
+    side_table_starts = sorted(int(p) for p in side_table_ptrs)
+    if sorted(int(p) for p in ptrs[side_entries]) != side_table_starts:
+        for k in side_entries:
+            if int(ptrs[k]) not in side_table_starts:
+                raise FormatError(f"allocation entry {k} (ptr {int(ptrs[k])}, {int(sizes[k])} "
+                                  f"bytes) belongs to no sample and is no field's side table")
+        raise FormatError(f"the side tables at {side_table_starts} are not each one region "
+                          f"recorded for no sample")
+
+
+def _row_order(ids: np.ndarray, ptrs: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The order sorting rows by (ptr, size, sample id).  Pointers are unique in a sound file
+    except for FFCV's empty values (a zero-size region at the next region's pointer), so sorting by
+    pointer alone is usually enough and is cheap on the nearly sorted arrays writers produce."""
+    order = np.argsort(ptrs, kind="stable")
+    sorted_ptrs = ptrs[order]
+    if (sorted_ptrs[1:] == sorted_ptrs[:-1]).any():
+        order = np.lexsort((ids, sizes, ptrs))
+    return order
+
+
+def _first_mismatch(alloc_table: np.ndarray, entry_of_region: np.ndarray,
+                    region_rows: tuple, value_rows: tuple, names: list[str],
+                    num_samples: int) -> str:
+    """What is wrong, for check_regions_match_values: the value of the lowest sample that has no
+    region of its own, else two values sharing one region, else a region no value refers to."""
+    num_regions = len(region_rows[0])
+    ids, ptrs, sizes = (np.concatenate([r, v]) for r, v in zip(region_rows, value_rows))
+    is_value = np.arange(len(ids)) >= num_regions
+    order = np.lexsort((is_value, ids, sizes, ptrs))
+    key_changes = [(a[order][1:] != a[order][:-1]) for a in (ids, ptrs, sizes)]
+    group = np.cumsum(np.concatenate([[True], np.logical_or.reduce(key_changes)])) - 1
+    group_of = np.empty(len(ids), dtype=np.int64)
+    group_of[order] = group
+    values_in = np.bincount(group_of, weights=is_value).astype(np.int64)
+    regions_in = np.bincount(group_of, weights=~is_value).astype(np.int64)
+
+    def sample_field(row: int) -> tuple[int, str]:
+        flat = row - num_regions
+        return flat % num_samples, names[flat // num_samples]
+
+    def first_value(mask: np.ndarray) -> int:
+        # rows are field-major; the lowest sample (then the first field) is reported
+        rows = np.flatnonzero(mask & is_value)
+        flat = rows - num_regions
+        return int(rows[np.lexsort((flat // num_samples, flat % num_samples))[0]])
+
+    unmatched = regions_in[group_of] == 0
+    if (unmatched & is_value).any():
+        row = first_value(unmatched)
+        i, name = sample_field(row)
+        ptr, size = int(ptrs[row]), int(sizes[row])
+        at = np.flatnonzero(alloc_table["ptr"] == ptr)
+        owners = [int(s) for s in alloc_table["sample_id"][at]]
+        if i not in owners:
+            owner = "no sample (a side table)" if owners and owners[0] == int(fmt.NO_SAMPLE_ID) \
+                else f"sample {owners[0]}" if owners else "no region"
+            return (f"sample {i}, field {name!r}: data pointer {ptr} is the start of a region "
+                    f"that the allocation table gives to {owner}, not to sample {i}")
+        region_size = int(alloc_table["size"][at[owners.index(i)]])
+        return (f"sample {i}, field {name!r}: value of {size} bytes where its allocated region "
+                f"holds {region_size} bytes")
+    shared = values_in[group_of] > regions_in[group_of]
+    if (shared & is_value).any():
+        row = first_value(shared)
+        i, _ = sample_field(row)
+        sharing = [sample_field(int(r))[1]
+                   for r in np.flatnonzero(is_value & (group_of == group_of[row]))]
+        return (f"sample {i}, fields {', '.join(map(repr, sharing))}: {len(sharing)} values "
+                f"point at the same region (ptr {int(ptrs[row])}, {int(sizes[row])} bytes)")
+    # Otherwise some (ptr, size, sample) has more regions than values.
+    unreferenced = np.flatnonzero(~is_value & (values_in[group_of] < regions_in[group_of]))
+    k = int(entry_of_region[unreferenced[0]])
+    entry = alloc_table[k]
+    return (f"allocation entry {k} (sample {int(entry['sample_id'])}, ptr {int(entry['ptr'])}, "
+            f"{int(entry['size'])} bytes) is the value of no field of sample "
+            f"{int(entry['sample_id'])}: a corrupt field type id or data pointer?")
 
 
 class Reader:
@@ -121,6 +236,9 @@ class Reader:
             self._sizes[name] = None if sizes is None else np.array(sizes, dtype=np.uint64)
             self._ptrs[name] = None if ptrs is None else np.array(ptrs, dtype=np.uint64)
             self._side_tables[name] = self._read_side_table(name, field)
+            if self._side_tables[name] is not None:
+                field.check_side_table(column, self._side_tables[name], name)
+        self._check_regions_match_values()
 
     def _check_alloc_table(self, data_floor: int) -> None:
         table = self.alloc_table
@@ -141,6 +259,13 @@ class Reader:
             k = int(order[int(np.argmax(overlap))])
             raise FormatError(f"allocation entry {k} overlaps the next region")
 
+    def _check_regions_match_values(self) -> None:
+        side_table_ptrs = [field.side_table_location[0] for name, field in self.fields.items()
+                           if self._side_tables[name] is not None]
+        values = [(name, self._ptrs[name], self._sizes[name]) for name in self.field_names
+                  if self._ptrs[name] is not None]
+        check_regions_match_values(self.alloc_table, values, self.num_samples, side_table_ptrs)
+
     def _read_side_table(self, name: str, field: Field) -> Optional[np.ndarray]:
         location = field.side_table_location
         if location is None or field.side_table_dtype is None:
@@ -152,7 +277,7 @@ class Reader:
                               f"{self.num_samples} samples")
         starts = np.searchsorted(self.regions.ptrs, ptr)
         if starts >= len(self.regions.ptrs) or int(self.regions.ptrs[starts]) != ptr \
-                or int(self.regions.sizes[starts]) < nbytes:
+                or int(self.regions.sizes[starts]) != nbytes:
             raise FormatError(f"field {name!r}: side table pointer {ptr} is not the start of an "
                               f"allocated region of {nbytes} bytes")
         return self.data[ptr:ptr + nbytes].view(field.side_table_dtype)

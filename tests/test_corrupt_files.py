@@ -493,3 +493,176 @@ def test_jpeg_header_size_mismatch_is_sample_error(valid_file, tmp_path):
             r.read(9, "jpg")
         assert info.value.index == 9 and info.value.field == "jpg"
         assert r.read(10, "jpg").shape[2] == 3
+
+
+# -- structure: every allocated region is exactly one value of its own sample ---------------------
+def _value_at(valid_file, sample, field):
+    """(pointer, size) of one stored value, and the file offset of its metadata record."""
+    with fastdata.Reader(valid_file) as r:
+        return int(r.payload_ptrs(field)[sample]), int(r.payload_sizes(field)[sample])
+
+
+def _ptr_patch(lay, sample, field, ptr, size=None):
+    """Patches pointing (sample, field) at ``ptr`` (and, for ptr+size records, ``size``)."""
+    rel = {"raw": 5, "jpg": 5}.get(field, 0)
+    pairs = [(lay.record(sample, field) + rel, struct.pack("<Q", ptr))]
+    if size is not None:
+        pairs.append((lay.record(sample, field) + 8, struct.pack("<Q", size)))
+    return pairs
+
+
+@pytest.mark.parametrize("field", ["blob", "meta", "jpg", "arr"])
+def test_pointer_onto_another_samples_region(valid_file, tmp_path, field):
+    """The value fits the region it now points at, but the table gives that region to sample 6."""
+    lay = Layout(valid_file)
+    ptr, size = _value_at(valid_file, 6, field)
+    path = _patched(valid_file, tmp_path, "b.beton",
+                    _ptr_patch(lay, 5, field, ptr, size if field in ("blob", "meta") else None))
+    with pytest.raises(fastdata.FormatError) as info:
+        fastdata.Reader(path)
+    msg = str(info.value)
+    assert str(path) in msg and f"sample 5, field '{field}'" in msg, msg
+    assert f"data pointer {ptr} is the start of a region that the allocation table gives to " \
+           f"sample 6, not to sample 5" in msg, msg
+
+
+def test_pointer_onto_a_side_table(valid_file, tmp_path):
+    lay = Layout(valid_file)
+    with fastdata.Reader(valid_file) as r:
+        side_ptr = r.fields["raw"].side_table_location[0]
+    path = _patched(valid_file, tmp_path, "st.beton", _ptr_patch(lay, 2, "jpg", side_ptr))
+    with pytest.raises(fastdata.FormatError, match=r"sample 2, field 'jpg': data pointer \d+ is "
+                       r"the start of a region that the allocation table gives to no sample"):
+        fastdata.Reader(path)
+
+
+def test_raw_image_smaller_than_its_region(valid_file, tmp_path):
+    """A raw record whose width x height x 3 is less than its region: a corrupt width."""
+    lay = Layout(valid_file)
+    with fastdata.Reader(valid_file) as r:
+        width, height = r.read(5, "raw").shape[1], r.read(5, "raw").shape[0]
+        region = int(r.payload_sizes("raw")[5])
+    assert region == width * height * 3
+    path = _patched(valid_file, tmp_path, "c.beton",
+                    [(lay.record(5, "raw") + 1, struct.pack("<H", width - 1))])
+    with pytest.raises(fastdata.FormatError) as info:
+        fastdata.Reader(path)
+    assert f"sample 5, field 'raw': raw image of {width - 1}x{height} is " \
+           f"{(width - 1) * height * 3} bytes but its allocated region holds {region} bytes" \
+           in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("field", ["blob", "meta"])
+def test_value_shorter_than_its_region(valid_file, tmp_path, field):
+    """Both writers record a byte string's exact size: a shorter one in the metadata is corrupt."""
+    lay = Layout(valid_file)
+    ptr, size = _value_at(valid_file, 17, field)
+    path = _patched(valid_file, tmp_path, "short.beton", _ptr_patch(lay, 17, field, ptr, size - 1))
+    with pytest.raises(fastdata.FormatError, match=rf"sample 17, field '{field}': value of "
+                                                   rf"{size - 1} bytes where its allocated region "
+                                                   rf"holds {size} bytes"):
+        fastdata.Reader(path)
+
+
+def test_two_fields_sharing_one_region(valid_file, tmp_path):
+    lay = Layout(valid_file)
+    ptr, size = _value_at(valid_file, 3, "meta")
+    path = _patched(valid_file, tmp_path, "d2.beton", _ptr_patch(lay, 3, "blob", ptr, size))
+    with pytest.raises(fastdata.FormatError, match=rf"sample 3, fields 'blob', 'meta': 2 values "
+                                                   rf"point at the same region \(ptr {ptr}, "
+                                                   rf"{size} bytes\)"):
+        fastdata.Reader(path)
+
+
+@pytest.mark.parametrize("owner", ["sample 2", "no sample"])
+def test_region_no_value_refers_to(valid_file, tmp_path, owner):
+    """An extra allocation entry, in free space after the last region: for sample 2, or for no
+    sample (as side tables are) though no field has a side table there."""
+    lay = Layout(valid_file)
+    with fastdata.Reader(valid_file) as r:
+        free = int((r.alloc_table["ptr"] + r.alloc_table["size"]).max()) + 8
+    assert free + 16 <= lay.alloc_ptr
+    sample_id = 2 if owner == "sample 2" else fmt.NO_SAMPLE_ID
+    entry = np.array([(sample_id, free, 16)], dtype=fmt.ALLOC_ENTRY_DTYPE)
+    path = tmp_path / "d3.beton"
+    path.write_bytes(valid_file.read_bytes() + entry.tobytes())
+    expected = (rf"\(sample 2, ptr {free}, 16 bytes\) is the value of no field of sample 2"
+                if owner == "sample 2" else
+                rf"\(ptr {free}, 16 bytes\) belongs to no sample and is no field's side table")
+    with pytest.raises(fastdata.FormatError, match=rf"allocation entry {lay.num_entries} "
+                                                   + expected):
+        fastdata.Reader(path)
+
+
+def test_image_type_changed_to_int_leaves_regions_unreferenced(tmp_path):
+    """Type id 2 -> 0 makes the image an IntField: the metadata then reads as other numbers and
+    every image region is left without a value."""
+    path = tmp_path / "typed.beton"
+    images = [_image(6 + k, 5 + k, k) for k in range(4)]
+    fastdata.DatasetWriter(path, {"image": fastdata.RGBImageField("raw"),
+                                  "label": fastdata.IntField()},
+                           page_size=PAGE, num_workers=1, progress=False).from_indexed_dataset(
+        [(im, k) for k, im in enumerate(images)])
+    data = bytearray(path.read_bytes())
+    assert data[fmt.HEADER_SIZE] == fastdata.RGBImageField.TYPE_ID
+    data[fmt.HEADER_SIZE] = fastdata.IntField.TYPE_ID
+    path.write_bytes(bytes(data))
+    with pytest.raises(fastdata.FormatError, match=r"typed\.beton: allocation entry 0 \(sample 0, "
+                       r"ptr \d+, 90 bytes\) is the value of no field of sample 0: a corrupt field "
+                       r"type id"):
+        fastdata.Reader(path)
+
+
+def _side_table_offset(valid_file, field):
+    with fastdata.Reader(valid_file) as r:
+        ptr, count = r.fields[field].side_table_location
+        return ptr, r.side_table(field).copy()
+
+
+def test_zeroed_original_sizes(valid_file, tmp_path):
+    ptr, table = _side_table_offset(valid_file, "raw")
+    path = _patched(valid_file, tmp_path, "e0.beton", [(ptr, bytes(table.nbytes))])
+    with pytest.raises(fastdata.FormatError, match=r"sample 0, field 'raw': original size 0x0 in "
+                                                   r"the side table is smaller than the stored "
+                                                   r"9x8"):
+        fastdata.Reader(path)
+
+
+def test_original_size_smaller_than_stored(valid_file, tmp_path):
+    ptr, table = _side_table_offset(valid_file, "jpg")
+    width, height = int(table[4]["width"]), int(table[4]["height"])
+    at = ptr + 4 * table.itemsize + 4          # sample 4's original height
+    path = _patched(valid_file, tmp_path, "e1.beton", [(at, struct.pack("<I", height - 1))])
+    with pytest.raises(fastdata.FormatError, match=rf"sample 4, field 'jpg': original size "
+                                                   rf"{width}x{height - 1} in the side table is "
+                                                   rf"smaller than the stored {width}x{height}"):
+        fastdata.Reader(path)
+
+
+# FFCV's own file shapes stay readable: its empty values are zero-size regions that share the
+# next region's pointer, or lie before the data pages (the first value of a worker).
+@pytest.mark.parametrize("where", ["next region", "before the pages"])
+def test_ffcv_empty_values_still_open(tmp_path, where):
+    path = tmp_path / "empty.beton"
+    samples = [(b"", np.full(3, k, np.float32)) for k in range(3)] + \
+              [(b"xyz", np.full(3, 9, np.float32))]
+    fastdata.DatasetWriter(path, {"blob": fastdata.BytesField(),
+                                  "arr": fastdata.NDArrayField(np.float32, (3,))},
+                           page_size=PAGE, num_workers=1, progress=False).from_indexed_dataset(
+        samples)
+    with fastdata.Reader(path) as r:
+        blob_ptrs, arr_ptrs = r.payload_ptrs("blob").copy(), r.payload_ptrs("arr").copy()
+        meta_start, itemsize = fmt.metadata_start(2), r.metadata_dtype.itemsize
+        table = r.alloc_table.copy()
+        alloc_ptr, page_size = r.alloc_table_ptr, r.page_size
+        data_start = fmt.align_up(meta_start + len(r) * itemsize, page_size)
+    data = bytearray(path.read_bytes())
+    for i in range(3):                        # as FFCV would have stored the empty blobs
+        new_ptr = int(arr_ptrs[i]) if where == "next region" else data_start - page_size
+        data[meta_start + i * itemsize:meta_start + i * itemsize + 8] = struct.pack("<Q", new_ptr)
+        k = int(np.flatnonzero(table["ptr"] == blob_ptrs[i])[0])
+        data[alloc_ptr + 24 * k + 8:alloc_ptr + 24 * k + 16] = struct.pack("<Q", new_ptr)
+    path.write_bytes(bytes(data))
+    with fastdata.Reader(path) as r:
+        assert [r[i][0] for i in range(4)] == [b"", b"", b"", b"xyz"]
+        assert [float(r[i][1][0]) for i in range(4)] == [0, 1, 2, 9]

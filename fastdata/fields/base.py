@@ -109,6 +109,10 @@ class Field(ABC):
         """Each sample's payload pointer (None for fields without payloads)."""
         return None
 
+    def check_side_table(self, column: np.ndarray, table: np.ndarray, name: str) -> None:
+        """Check the side table (one ``side_table_dtype`` record per sample) against this field's
+        metadata column, once at open; FormatError naming the first bad sample."""
+
     @abstractmethod
     def decode(self, record: Any, payload: Optional[np.ndarray], side: Optional[np.void]) -> Any:
         """The value of one sample from its metadata record and payload bytes (uint8 view)."""

@@ -17,7 +17,7 @@ from .. import jpeg
 from ..format import ARGUMENTS_SIZE, FormatError
 from ..images import SourceImage, as_rgb_array, load_image
 from ..ops.resize import resize_area, size_within
-from .base import Encoded, Field, RegionTable, check_ptr_column
+from .base import Encoded, Field, RegionTable
 
 MODE_JPG, MODE_RAW = 0, 1
 WRITE_MODES = ("raw", "jpg", "proportion", "smart")
@@ -188,14 +188,31 @@ class RGBImageField(Field):
             i = int(np.argmax(bad))
             raise FormatError(f"sample {i}, field {name!r}: bad image record (mode {mode[i]}, "
                               f"{width[i]}x{height[i]})")
-        region_sizes = regions.sizes_at(column["data_ptr"], name)
+        # A JPEG is its whole region; raw pixels are exactly H x W x 3 bytes, as both writers
+        # store them, so a raw record whose size disagrees with its region is corrupt.
+        sizes = regions.sizes_at(column["data_ptr"], name)
         raw_sizes = width.astype(np.uint64) * height.astype(np.uint64) * np.uint64(3)
-        sizes = np.where(mode == MODE_RAW, raw_sizes, region_sizes)
-        check_ptr_column(column["data_ptr"], sizes, regions, name)
+        wrong_raw = (mode == MODE_RAW) & (raw_sizes != sizes)
+        if wrong_raw.any():
+            i = int(np.argmax(wrong_raw))
+            raise FormatError(f"sample {i}, field {name!r}: raw image of {width[i]}x{height[i]} "
+                              f"is {raw_sizes[i]} bytes but its allocated region holds "
+                              f"{sizes[i]} bytes")
         empty = sizes == 0
         if empty.any():
             raise FormatError(f"sample {int(np.argmax(empty))}, field {name!r}: empty JPEG")
         return sizes
+
+    def check_side_table(self, column: np.ndarray, table: np.ndarray, name: str) -> None:
+        # max_resolution only shrinks, side by side (EXIF transposition happens before both
+        # sizes are taken); payload_sizes has checked that stored sides are >= 1, so a 0 fails.
+        orig_w, orig_h = table["width"], table["height"]
+        bad = (orig_w < column["width"]) | (orig_h < column["height"])
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise FormatError(f"sample {i}, field {name!r}: original size {orig_w[i]}x{orig_h[i]} "
+                              f"in the side table is smaller than the stored "
+                              f"{column['width'][i]}x{column['height'][i]}")
 
     def decode(self, record: Any, payload: Optional[np.ndarray], side: Any) -> np.ndarray:
         height, width = int(record["height"]), int(record["width"])
