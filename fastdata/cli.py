@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from .fields.rgb_image import WRITE_MODES, RGBImageField
 from .format import DEFAULT_PAGE_SIZE, FormatError
 from .reader import Reader, SampleError
-from .writer import WriteError, WriteReport, default_workers
+from .writer import WriteError, WriteReport, WriteTerminated, default_workers
 
 
 class UserError(Exception):
@@ -183,6 +183,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("fastdata: interrupted; nothing was written at the output path",
                   file=sys.stderr)
             return 130
+        except WriteTerminated as stop:
+            print("fastdata: terminated (SIGTERM); nothing was written at the output path",
+                  file=sys.stderr)
+            return int(stop.code)
 
 
 if __name__ == "__main__":

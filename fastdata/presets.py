@@ -22,7 +22,8 @@ def imagenet_loader(path: str, train: bool = True, resolution: int = 224, batch_
     """A Loader of (images, labels) from a file with ``image`` and ``label`` fields.
 
     train: RandomResizedCrop(resolution) + RandomHorizontalFlip, random order, drop_last;
-    else: CenterCrop(resolution, ratio 224/256), sequential order, every sample.
+    else: CenterCrop(resolution) with torchvision's box (Resize(floor(resolution * 256 / 224))
+    + CenterCrop(resolution)), sequential order, every sample.
     Images are [B, 3, H, W] channels_last on ``device``, normalised with ImageNet's mean and std
     to ``dtype`` (None keeps uint8); labels are int64 [B]."""
     decoder = RandomResizedCrop(resolution) if train else CenterCrop(resolution,

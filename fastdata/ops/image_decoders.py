@@ -389,11 +389,13 @@ class CenterCrop(ImageDecoder):
     box="ffcv": FFCV's CenterCropRGBImageDecoder: the centred square of side
     ``int(ratio * shorter side)``, cropped, then resized (the box differs from torchvision's by
     up to a few source pixels).
-    See ImageDecoder for ``dct_scaling``, ``accept_jpeg_warnings`` and ``use_libturbojpeg``."""
+    dct_scaling is off by default here: validation images then decode at full scale, as
+    torchvision's, so accuracy compares with torchvision-evaluated baselines.  See ImageDecoder
+    for ``dct_scaling``, ``accept_jpeg_warnings`` and ``use_libturbojpeg``."""
 
     def __init__(self, output_size: Any, ratio: float = DEFAULT_CROP_RATIO,
                  box: str = "torchvision", resize_size: Optional[int] = None, *,
-                 dct_scaling: bool = True, accept_jpeg_warnings: bool = False,
+                 dct_scaling: bool = False, accept_jpeg_warnings: bool = False,
                  use_libturbojpeg: bool = True):
         super().__init__(output_size, dct_scaling, accept_jpeg_warnings, use_libturbojpeg)
         if not 0 < ratio <= 1:
