@@ -56,6 +56,7 @@ class SkippedSample(NamedTuple):
     replacement: int    # the sample that took its place in the batch
     epoch: int
     batch: int          # the batch's number within the epoch
+    position: int       # the row of the batch it was in
 
 
 def default_decoder(field: Any) -> Decoder:
@@ -365,8 +366,8 @@ class Loader:
         """Log and keep the skips of a batch the training loop takes."""
         for skip in skips:
             logger.warning("%s: sample %d, field %r: %s; replaced by sample %d (epoch %d, "
-                           "batch %d)", self.path, skip.index, skip.field, skip.reason,
-                           skip.replacement, skip.epoch, skip.batch)
+                           "batch %d, position %d)", self.path, skip.index, skip.field,
+                           skip.reason, skip.replacement, skip.epoch, skip.batch, skip.position)
         self.skipped.extend(skips)
 
     def __enter__(self) -> "Loader":
@@ -501,7 +502,7 @@ class _Replacements:
     def records(self, batch_number: int) -> list[SkippedSample]:
         """One SkippedSample per failure, by position then field (not by discovery order)."""
         return [SkippedSample(int(err.index), err.field, err.reason, int(self.indices[k]),
-                              self.epoch, batch_number)
+                              self.epoch, batch_number, k)
                 for k, err in sorted(self.failures, key=lambda f: (f[0], f[1].field,
                                                                   f[1].index))]
 

@@ -110,37 +110,64 @@ def test_on_error_raise_is_the_default_and_names_the_sample(corrupt):
         _loader(corrupt, on_error="ignore")
 
 
+def _substituted_order(loader, epoch, batch_size=8):
+    """The epoch's order with each skipped position holding its replacement."""
+    order = loader.epoch_indices(epoch).copy()
+    for skip in loader.skipped:
+        if skip.epoch == epoch:
+            order[skip.batch * batch_size + skip.position] = skip.replacement
+    return order
+
+
 def test_skip_replaces_bad_samples_with_whole_good_samples(corrupt, clean):
     loader = _loader(corrupt, on_error="skip")
     batches = _epoch(loader)
-    order = loader.epoch_indices(0)
     assert len(batches) == N // 8 and all(len(b[1]) == 8 for b in batches)   # batches stay full
     assert {s.index for s in loader.skipped} == BAD       # every bad sample is in the skip list
+    order = loader.epoch_indices(0)
     for s in loader.skipped:
         assert (s.field == "meta") == (s.index in BAD_JSON) and s.epoch == 0 and s.reason
         assert s.replacement not in BAD
+    first_failures = {(s.batch, s.position) for s in loader.skipped
+                      if order[s.batch * 8 + s.position] == s.index}
+    assert len(first_failures) == len(BAD)                # one replaced position per bad sample
 
-    # Good samples are unchanged: the same as from the uncorrupted file.
-    reference = _epoch(_loader(clean))
+    # The batches are those of the uncorrupted file with each bad sample's position holding its
+    # replacement: good samples unchanged, and a replaced position's label, JSON and pixels (with
+    # the crop and flip drawn for the replacement's index) all from the replacement.
+    substituted = _substituted_order(loader, 0)
+    assert not BAD & set(substituted.tolist())
     labels = torch.cat([b[1] for b in batches])
-    images = torch.cat([b[0] for b in batches])
-    metas = [m for b in batches for m in b[2]]
-    good = np.array([int(i) not in BAD for i in order[:len(labels)]])
-    assert torch.equal(labels[good], torch.cat([b[1] for b in reference])[good])
-    assert torch.equal(images[good], torch.cat([b[0] for b in reference])[good])
+    assert labels.tolist() == substituted.tolist()
+    assert [m for b in batches for m in b[2]] == [{"i": int(i)} for i in substituted]
+    same_order = _loader(clean, indices=substituted, order="sequential")
+    assert _same(batches, _epoch(same_order))
+    good = np.array([int(i) not in BAD for i in order])
+    reference = _epoch(_loader(clean))
+    assert torch.equal(torch.cat([b[0] for b in batches])[good],
+                       torch.cat([b[0] for b in reference])[good])
 
-    # A replaced position holds the replacement sample: its label, its JSON, its pixels with
-    # its own crop (keyed by its index, as if the epoch order had held it there).
-    replaced = np.flatnonzero(~good)
-    assert len(replaced) == len(BAD)
-    by_position = {(s.batch, s.index): s.replacement for s in loader.skipped}
-    replacements = [by_position[(int(k) // 8, int(order[k]))] for k in replaced]
-    assert labels[replaced].tolist() == replacements
-    assert [metas[k] for k in replaced] == [{"i": r} for r in replacements]
-    alone = _loader(clean, indices=replacements, order="sequential", batch_size=len(BAD))
-    expected_images, expected_labels, _ = next(iter(alone))
-    assert expected_labels.tolist() == replacements
-    assert torch.equal(images[replaced], expected_images)
+
+def test_skip_with_cutmix_pasted_while_decoding(corrupt, clean):
+    """CutMix draws its boxes before decoding and the decoder pastes into partners: a batch
+    built again with a replacement is drawn and pasted again, as the substituted order gives."""
+    from fastdata.ops import Mixup
+
+    def make(path, **kwargs):
+        kwargs.setdefault("order", "random")
+        return Loader(path, batch_size=8, seed=3, pipelines={
+            "image": [RandomResizedCrop(24), ToTensor(), ToTorchImage()],
+            "label": [IntDecoder(), ToTensor()], "meta": None},
+            batch_ops=[Mixup(0.0, 1.0, mode="elem", num_classes=N)], **kwargs)
+
+    loader = make(corrupt, on_error="skip", num_workers=1, batches_ahead=1)
+    assert loader._pre_decode, "CutMix should paste while decoding here"
+    batches = [tuple(t.clone() for t in b) for b in loader]
+    assert {s.index for s in loader.skipped} == set(BAD_JPEG_GARBAGE + BAD_JPEG_SIZE)
+    again = make(corrupt, on_error="skip", num_workers=3, batches_ahead=2)
+    assert all(torch.equal(a, b) for x, y in zip(batches, again) for a, b in zip(x, y))
+    same_order = make(clean, indices=_substituted_order(loader, 0), order="sequential")
+    assert all(torch.equal(a, b) for x, y in zip(batches, same_order) for a, b in zip(x, y))
 
 
 def test_skip_gives_the_same_batches_whatever_the_threads(corrupt):
@@ -177,9 +204,10 @@ def test_each_skip_is_logged_once(corrupt, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "fastdata"]
     assert len(lines) == len(loader.skipped) >= len(BAD)    # more if a replacement was bad
     for skip in loader.skipped:      # (a bad replacement is skipped too, and logged too)
-        assert any(f"sample {skip.index}, field {skip.field!r}: {skip.reason}; replaced by "
-                   f"sample {skip.replacement} (epoch 0, batch {skip.batch})" in line
-                   for line in lines), skip
+        expected = (f"sample {skip.index}, field {skip.field!r}: {skip.reason}; replaced by "
+                    f"sample {skip.replacement} (epoch 0, batch {skip.batch}, position "
+                    f"{skip.position})")
+        assert any(expected in line for line in lines), skip
 
 
 def test_skip_gives_up_on_a_file_of_bad_samples(clean, tmp_path):
