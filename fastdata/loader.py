@@ -11,15 +11,22 @@ one finishing its batch ops (which overlap the next batch's decoding), up to ``b
 queued, one held by the training loop.  Tensors a batch returns on the CPU share the slot's
 memory: they stay valid until the training loop takes the next batch (as in FFCV); ``.clone()``
 what you keep longer.
+
+A sample that fails to decode raises SampleError in the training loop (``on_error="raise"``), or
+is replaced by another sample drawn from the counter-based RNG (``on_error="skip"``): the whole
+batch is then built again with the replacement's index in the bad sample's place, so every field
+of that position comes from the replacement, and the batch is what the epoch would give had its
+order held the replacement there.
 """
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -31,7 +38,25 @@ from .ops.image_decoders import ImageDecoder, SimpleRGBImageDecoder
 from .ops.tensor import ToDevice, ToTensor
 from .order import OrderOption, as_order, epoch_order, shard
 from .reader import Reader, SampleError
+from .rng import OP_SKIP, draw
 from .writer import default_workers
+
+logger = logging.getLogger("fastdata")
+
+#: With on_error="skip", how many replacements a bad sample may get (each failing too) before
+#: the Loader gives up and raises: a file where so many draws fail is broken, not noisy.
+MAX_REPLACEMENTS = 16
+
+
+class SkippedSample(NamedTuple):
+    """A sample that failed to decode and what replaced it (on_error="skip")."""
+    index: int          # the sample that failed
+    field: str          # the field whose decoding failed
+    reason: str         # why (SampleError.reason)
+    replacement: int    # the sample that took its place in the batch
+    epoch: int
+    batch: int          # the batch's number within the epoch
+    position: int       # the row of the batch it was in
 
 
 def default_decoder(field: Any) -> Decoder:
@@ -105,6 +130,22 @@ class Loader:
     return_params: also yield, per image pipeline, the float64 [B, 9] record of its random
       decisions (crop top, left, height, width in stored pixels, the same in original-image
       pixels, flip bit).
+    on_error: what a sample that fails to decode does.  "raise" (default): SampleError, with
+      ``.index`` and ``.field``, reaches the training loop and the epoch's threads stop.
+      "skip": the sample is replaced by sample ``indices[floor(u * len(indices))]``, u drawn
+      from the counter-based RNG keyed (seed, epoch, bad index, OP_SKIP), draw t for the t-th
+      try if replacements fail too (at most MAX_REPLACEMENTS); all its fields come from the
+      replacement, batches stay full, and the batches are the same whatever ``num_workers`` and
+      ``batches_ahead`` are, and after a resume.  Each skip is logged (warning, logger
+      "fastdata") and appended to ``loader.skipped`` (SkippedSample records) when its batch
+      reaches the training loop.  Each bad sample costs at most one more decoding of its
+      batch.  A failure that names a sample outside the batch (a mixing partner ReplayedCrop
+      decodes) still raises.
+
+    close() (or leaving a ``with Loader(...)`` block) stops the running epoch and releases the
+    file (unmapped and closed); a closed Loader raises ValueError if iterated.  An epoch
+    stopped by close(), iter() or load_state_dict() from another thread ends: a thread waiting
+    in its next() gets StopIteration.
     """
 
     def __init__(self, path: Union[str, os.PathLike], batch_size: int, num_workers: int = -1,
@@ -113,11 +154,14 @@ class Loader:
                  pipelines: Optional[Mapping[str, Optional[Sequence[Any]]]] = None,
                  batch_ops: Optional[Sequence[Any]] = None, drop_last: bool = True,
                  batches_ahead: int = 3, os_cache: bool = True,
-                 custom_fields: Optional[Mapping[str, type]] = None, return_params: bool = False):
+                 custom_fields: Optional[Mapping[str, type]] = None, return_params: bool = False,
+                 on_error: str = "raise"):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if batches_ahead < 1:
             raise ValueError(f"batches_ahead must be >= 1, got {batches_ahead}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.reader = Reader(path, custom_fields)
         if not os_cache:
             self.reader.load_into_memory()
@@ -131,6 +175,8 @@ class Loader:
         self.drop_last = drop_last
         self.batches_ahead = int(batches_ahead)
         self.return_params = return_params
+        self.on_error = on_error
+        self.skipped: list[SkippedSample] = []   # every skip of the batches taken, in order
         self.batch_ops = list(batch_ops or [])
 
         n = len(self.reader)
@@ -169,6 +215,7 @@ class Loader:
         self._epoch: Optional[int] = None   # epoch being iterated, None before the first
         self._batch = 0           # batches of it already taken by the training loop
         self._active: Optional[weakref.ref] = None
+        self._closed = False
 
     # -- construction --------------------------------------------------------------------------
     def _page_of_samples(self) -> np.ndarray:
@@ -249,6 +296,9 @@ class Loader:
 
     # -- iteration and resume ------------------------------------------------------------------
     def __iter__(self) -> "EpochIterator":
+        if self._closed:
+            raise ValueError(f"{self.path}: this Loader is closed (make a new one to read the "
+                             f"file again)")
         self._stop_active()       # the ring is shared: one live epoch at a time
         if self._resume is not None:
             (epoch, batch), self._resume = self._resume, None
@@ -302,9 +352,23 @@ class Loader:
         self._resume = (int(state["epoch"]), int(state["batch"]))
 
     def close(self) -> None:
-        """Stop the running epoch, if any, and release the file."""
+        """Stop the running epoch, if any, and release the file (unmapped and closed) and the
+        ring (its memory goes once the tensors of batches taken are dropped too).  Idempotent;
+        iterating a closed Loader raises ValueError."""
+        self._closed = True
         self._stop_active()
+        for p in self.pipelines:      # their views of the map would keep the file mapped
+            p.decoder.unbind()
         self.reader.close()
+        self._slots = None
+
+    def _record_skips(self, skips: list[SkippedSample]) -> None:
+        """Log and keep the skips of a batch the training loop takes."""
+        for skip in skips:
+            logger.warning("%s: sample %d, field %r: %s; replaced by sample %d (epoch %d, "
+                           "batch %d, position %d)", self.path, skip.index, skip.field,
+                           skip.reason, skip.replacement, skip.epoch, skip.batch, skip.position)
+        self.skipped.extend(skips)
 
     def __enter__(self) -> "Loader":
         return self
@@ -357,11 +421,11 @@ class _WorkerPool:
 
 
 class _Job:
-    """Completion count of one batch's tasks, and its first error."""
+    """Completion count of one batch's tasks, and their errors."""
 
     def __init__(self, count: int):
         self.remaining = count
-        self.error: Optional[BaseException] = None
+        self.errors: list[BaseException] = []
         self.cond = threading.Condition()
 
     def done_one(self) -> None:
@@ -372,15 +436,75 @@ class _Job:
 
     def fail(self, error: BaseException) -> None:
         with self.cond:
-            if self.error is None:
-                self.error = error
+            self.errors.append(error)
 
     def wait(self) -> None:
+        """Wait for every task; then raise the first error, if any (all are in ``errors``)."""
         with self.cond:
             while self.remaining:
                 self.cond.wait()
-        if self.error is not None:
-            raise self.error
+        if self.errors:
+            raise self.errors[0]
+
+
+@dataclass
+class _Started:
+    """A batch whose decoding is under way."""
+    number: int
+    ctx: BatchContext
+    outs: list
+    job: _Job
+    replacements: Optional["_Replacements"]
+
+
+class _Replacements:
+    """The bad samples of one batch and what replaces them (on_error="skip").
+
+    Position k's candidates are the epoch order's index, then replacement 0, 1, ...: its final
+    sample is the first candidate that decodes, whatever order the failures are found in (the
+    workers report one per task, the serial decoders one per call), so the batch depends only
+    on which samples are bad."""
+
+    def __init__(self, loader: Loader, epoch: int, indices: np.ndarray):
+        self.loader, self.epoch = loader, epoch
+        self.original = indices
+        self.indices = indices.copy()
+        self.tries = np.zeros(len(indices), dtype=np.int64)
+        self.failures: list[tuple[int, SampleError]] = []    # (position, its error)
+
+    def replace(self, errors: list[SampleError]) -> np.ndarray:
+        """Give every position holding a failed sample its next candidate: the new indices."""
+        by_index: dict[int, list[SampleError]] = {}
+        for err in errors:
+            by_index.setdefault(int(err.index), []).append(err)
+        for index, errs in by_index.items():
+            positions = np.flatnonzero(self.indices == index)
+            if positions.size == 0:
+                raise errs[0]     # not a sample of this batch: replacing would not remove it
+            for k in positions:
+                self.failures += [(int(k), err) for err in errs]
+                if self.tries[k] == MAX_REPLACEMENTS:
+                    err = errs[0]
+                    raise SampleError(err.index, err.field, f"{err.reason} (on_error='skip' gave "
+                                      f"up: sample {int(self.original[k])} and "
+                                      f"{MAX_REPLACEMENTS} replacements all failed)")
+                self.indices[k] = self.candidate(int(self.original[k]), int(self.tries[k]))
+                self.tries[k] += 1
+        return self.indices.copy()
+
+    def candidate(self, index: int, attempt: int) -> int:
+        """Replacement number ``attempt`` of sample ``index`` in this epoch: uniform over the
+        Loader's indices, keyed (seed, epoch, index, OP_SKIP), draw ``attempt``."""
+        pool = self.loader.indices
+        u = draw(self.loader.seed, self.epoch, index, OP_SKIP, attempt)
+        return int(pool[min(int(u * len(pool)), len(pool) - 1)])
+
+    def records(self, batch_number: int) -> list[SkippedSample]:
+        """One SkippedSample per failure, by position then field (not by discovery order)."""
+        return [SkippedSample(int(err.index), err.field, err.reason, int(self.indices[k]),
+                              self.epoch, batch_number, k)
+                for k, err in sorted(self.failures, key=lambda f: (f[0], f[1].field,
+                                                                  f[1].index))]
 
 
 class _Producer:
@@ -407,6 +531,16 @@ class _Producer:
                 continue
         return False
 
+    def get(self) -> Any:
+        """The next queued item, or _DONE once the producer is stopped: close() from any thread
+        wakes a consumer waiting here (nothing will be queued any more)."""
+        while not self.stop.is_set():
+            try:
+                return self.out.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return _DONE
+
     def _run(self) -> None:
         try:
             pending = None
@@ -416,10 +550,10 @@ class _Producer:
                 # Start decoding batch b, then finish batch b - 1 (its batch ops run in this
                 # thread) while the workers decode: batch ops never leave the workers idle.
                 started = self._start_batch(self.first_batch + b, indices)
-                if pending is not None and not self._put(self._finish_batch(*pending)):
+                if pending is not None and not self._put(self._finish_batch(pending)):
                     return
                 pending = started
-            if pending is not None and not self._put(self._finish_batch(*pending)):
+            if pending is not None and not self._put(self._finish_batch(pending)):
                 return
             self._put(_DONE)
         except BaseException as err:
@@ -427,8 +561,22 @@ class _Producer:
         finally:
             self.pool.close()
 
-    def _start_batch(self, batch_number: int, indices: np.ndarray) -> tuple:
-        """Draw the batch's parameters, run the decoders' serial part, queue the parallel part."""
+    def _start_batch(self, batch_number: int, indices: np.ndarray,
+                     replacements: Optional[_Replacements] = None) -> _Started:
+        """Draw the batch's parameters, run the decoders' serial part, queue the parallel part
+        (with on_error="skip", again with replacements while the serial part fails)."""
+        while True:
+            try:
+                return self._try_start_batch(batch_number, indices, replacements)
+            except SampleError as err:
+                if self.loader.on_error == "raise":
+                    raise
+                if replacements is None:
+                    replacements = _Replacements(self.loader, self.epoch, indices)
+                indices = replacements.replace([err])
+
+    def _try_start_batch(self, batch_number: int, indices: np.ndarray,
+                         replacements: Optional[_Replacements]) -> _Started:
         loader = self.loader
         slot = batch_number % loader.ring_size
         ctx = BatchContext(indices=indices, epoch=self.epoch, seed=loader.seed, slot=slot,
@@ -455,12 +603,30 @@ class _Producer:
         job = _Job(len(tasks))
         for k, start, stop in tasks:
             self.pool.tasks.put((job, k, ctx, start, stop, outs[k]))
-        return batch_number, ctx, outs, job
+        return _Started(batch_number, ctx, outs, job, replacements)
 
-    def _finish_batch(self, batch_number: int, ctx: BatchContext, outs: list, job: "_Job"
-                      ) -> tuple:
-        """Wait for the workers, then run the batch ops: the finished batch for the queue."""
-        job.wait()
+    def _finish_batch(self, started: _Started) -> tuple:
+        """Wait for the workers, then run the batch ops: the finished batch for the queue,
+        (number, outputs, CUDA event or None, skips).  With on_error="skip", a batch with bad
+        samples is started again with replacements until it decodes."""
+        while True:
+            try:
+                started.job.wait()
+                results, ready = self._batch_ops(started.ctx, started.outs)
+                break
+            except SampleError as err:
+                if self.loader.on_error == "raise":
+                    raise
+                replacements = started.replacements or _Replacements(
+                    self.loader, self.epoch, started.ctx.indices)
+                indices = replacements.replace(started.job.errors or [err])
+                started = self._start_batch(started.number, indices, replacements)
+        skips = [] if started.replacements is None else \
+            started.replacements.records(started.number)
+        return started.number, results, ready, skips
+
+    def _batch_ops(self, ctx: BatchContext, outs: list) -> tuple:
+        """Run the pipelines' and the loader's batch ops on a decoded slot."""
         loader = self.loader
         n = len(ctx.indices)
         results = []
@@ -483,7 +649,7 @@ class _Producer:
                 ready = torch.cuda.Event()
                 ready.record(self.stream)
                 self.events[ctx.slot] = ready
-        return batch_number, tuple(results), ready
+        return tuple(results), ready
 
     def close(self) -> None:
         self.stop.set()
@@ -525,7 +691,7 @@ class EpochIterator:
         if producer is None:
             raise StopIteration
         try:
-            item = producer.out.get()
+            item = producer.get()
         except BaseException:
             self.close()
             raise
@@ -535,7 +701,9 @@ class EpochIterator:
         if isinstance(item, BaseException):
             self.close()
             raise item
-        batch_number, results, ready = item
+        batch_number, results, ready, skips = item
+        if skips:
+            self.loader._record_skips(skips)
         if ready is not None:
             stream = torch.cuda.current_stream()
             stream.wait_event(ready)

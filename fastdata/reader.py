@@ -360,7 +360,9 @@ class Reader:
         return tuple(self.read(index, name) for name in self.field_names)
 
     def close(self) -> None:
-        """Release the memory map (arrays read earlier stay valid: they are copies)."""
+        """Release the memory map (values read earlier stay valid: they are copies).  A view of
+        the file still alive (from ``payload()``, ``side_table()``, ``metadata``) keeps it mapped
+        until that view is dropped."""
         self.data = self.metadata = self.alloc_table = None
         self._side_tables = {}
         if getattr(self, "_mmap", None) is not None:

@@ -27,6 +27,7 @@ OP_FLIP = 3
 OP_MIX = 4
 OP_REPLAY = 5
 OP_MIX_BATCH = 6   # per-batch mixing draws, keyed by batch number (rank-interleaved)
+OP_SKIP = 7        # the Loader's replacement for a sample that fails to decode (on_error='skip')
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -79,6 +79,11 @@ class Decoder(Operation):
         self.reader, self.name, self.field_index = reader, name, field_index
         self.column = reader.metadata[f"f{field_index}"]
 
+    def unbind(self) -> None:
+        """Drop every view of the reader's file that bind kept (the Loader is closing): while
+        one lives, the file stays mapped.  Subclasses that keep more views drop them too."""
+        self.column = None
+
     def sample_shape(self, batch_size: int) -> tuple[tuple[int, ...], Any]:
         """(per-sample shape, numpy dtype) of the decoded values; None shape for lists."""
         raise NotImplementedError
