@@ -119,11 +119,25 @@ def host_tag_of(partial_path: str, out) -> str:
     return os.path.basename(partial_path)[len(os.path.basename(str(out))) + 1:].split(".")[0]
 
 
-def test_sigkill_leaves_a_partial_that_the_next_write_removes(tmp_path):
+def wait_until_removed(partial, proc):
+    """Wait (at most WAIT_S) for the temporary file to go, while the writer still runs."""
+    deadline = time.monotonic() + WAIT_S
+    while os.path.exists(partial) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not os.path.exists(partial), f"exit {proc.poll()}"
+
+
+def older_output(tmp_path, name="ds.beton"):
+    """OUT in a folder of its own, already holding a complete older file of 3 samples."""
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    out = out_dir / "ds.beton"
+    out = out_dir / name
     write_labels(out, 3)
+    return out
+
+
+def test_sigkill_leaves_a_partial_that_the_next_write_removes(tmp_path):
+    out = older_output(tmp_path)
     with GatedWriter(out, tmp_path / "gate", 5) as writer:
         [killed_partial] = partials(out)
         assert f".{writer.proc.pid}." in os.path.basename(killed_partial)
@@ -143,12 +157,12 @@ def test_sigkill_leaves_a_partial_that_the_next_write_removes(tmp_path):
               f"ds.beton.{tag}.{dead_pid}.0123abcd.partial.old",
               f"ds.beton.{tag}.0.0123abcd.partial"]                   # pid 0: not a process
     for name in decoys:
-        (out_dir / name).write_bytes(b"x")
+        (out.parent / name).write_bytes(b"x")
 
     write_labels(out, 4)
     assert num_samples_in(out) == 4
     assert not os.path.exists(killed_partial)
-    assert sorted(os.listdir(out_dir)) == sorted(decoys + ["ds.beton"])
+    assert sorted(os.listdir(out.parent)) == sorted(decoys + ["ds.beton"])
 
 
 def test_a_running_writers_partial_is_left_alone(tmp_path):
@@ -176,24 +190,17 @@ def test_a_running_writers_partial_is_left_alone(tmp_path):
 
 
 def test_sigterm_removes_the_partial_and_exits_143(tmp_path):
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    out = out_dir / "ds.beton"
-    write_labels(out, 3)
+    out = older_output(tmp_path)
     with GatedWriter(out, tmp_path / "gate", 5) as writer:
         [partial] = partials(out)
         writer.proc.send_signal(signal.SIGTERM)
         # Removed at once, not when the sample still loading returns: before the release.
-        deadline = time.monotonic() + WAIT_S
-        while os.path.exists(partial) and writer.proc.poll() is None \
-                and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert not os.path.exists(partial), f"exit {writer.proc.poll()}"
+        wait_until_removed(partial, writer.proc)
         writer.release()
         status, stdout, stderr = writer.finish()
     assert status == 128 + signal.SIGTERM, stderr
     assert "finished" not in stdout and "Traceback" not in stderr, stderr
-    assert os.listdir(out_dir) == ["ds.beton"]
+    assert os.listdir(out.parent) == ["ds.beton"]
     assert num_samples_in(out) == 3
 
 
@@ -209,11 +216,7 @@ def test_sigterm_goes_to_the_callers_own_handler(tmp_path, handler):
             _wait_until(lambda: os.path.exists(os.path.join(writer.gate_dir, "noted")),
                         writer.proc, "its handler noted the signal")
         else:
-            deadline = time.monotonic() + WAIT_S
-            while os.path.exists(partial) and writer.proc.poll() is None \
-                    and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert not os.path.exists(partial), f"exit {writer.proc.poll()}"
+            wait_until_removed(partial, writer.proc)
         writer.release()
         status, stdout, stderr = writer.finish()
     if handler == "note":
@@ -266,10 +269,7 @@ def test_cli_write_imagenet_on_sigterm_leaves_no_partial_and_exits_143(tmp_path)
     # write is under way, its temporary file created, when the signal comes.
     fifo = os.path.join(data, "train", "n00000000", "000.JPEG")
     os.mkfifo(fifo)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    out = out_dir / "train.beton"
-    write_labels(out, 3)
+    out = older_output(tmp_path, "train.beton")
     cli = "import sys; from fastdata.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", cli, "write", "imagenet", "--data-dir", data,
                              "--out", str(out), "--workers", "1", "--quiet"], cwd=REPO_ROOT,
@@ -296,5 +296,5 @@ def test_cli_write_imagenet_on_sigterm_leaves_no_partial_and_exits_143(tmp_path)
             proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr, stderr
-    assert os.listdir(out_dir) == ["train.beton"]
+    assert os.listdir(out.parent) == ["train.beton"]
     assert num_samples_in(out) == 3
