@@ -140,3 +140,24 @@ def test_ffcv_center_crop_box_is_available(jpeg_file):
         want = tvf.resized_crop(torch.from_numpy(src).permute(2, 0, 1), *(int(v) for v in p[:4]),
                                 [96, 96], antialias=True).permute(1, 2, 0).numpy()
         assert _diff(image, want).max() <= 1
+
+
+def test_raw_records_are_torchvision_resized_crop(tmp_path):
+    """Raw records are read in place; the filter stops at the box as torchvision's crop does:
+    every pixel within 1 level, the border rows and columns included."""
+    rng = np.random.default_rng(5)
+    images = [photo(rng, *SIZES[k % len(SIZES)]) for k in range(12)]
+    path = tmp_path / "raw.beton"
+    fastdata.DatasetWriter(path, {"image": fastdata.RGBImageField("raw"),
+                                  "label": fastdata.IntField()},
+                           num_workers=1, progress=False).from_indexed_dataset(
+        [(img, k) for k, img in enumerate(images)])
+    for size in (64, 224):
+        out, params = _load(path, RandomResizedCrop(size), epochs=range(3))
+        for k, (image, p) in enumerate(zip(out, params)):
+            top, left, h, w = (int(v) for v in p[:4])
+            src = torch.from_numpy(images[k % len(images)]).permute(2, 0, 1)
+            want = tvf.resized_crop(src, top, left, h, w, [size, size], antialias=True)
+            want = want.permute(1, 2, 0).numpy()
+            d = _diff(image, want[:, ::-1] if p[8] else want)
+            assert d.max() <= 1 and _border(d).max() <= 1, (k, p)
