@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write every image below DIR (sorted) with fields image and path (JSON).")
     folder.add_argument("--data-dir", required=True, metavar="DIR")
     _add_image_options(folder)
-    from writers.reinforce import add_subcommand as add_reinforce
+    from fastdata.writers.reinforce import add_subcommand as add_reinforce
     add_reinforce(sources)
 
     inspect = commands.add_parser(
@@ -127,9 +127,9 @@ def print_report(report: WriteReport, out=None) -> None:
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    from writers import write_folder, write_imagenet
+    from fastdata.writers import write_folder, write_imagenet
     if args.source == "reinforce":
-        from writers.reinforce import run
+        from fastdata.writers.reinforce import run
         return run(args)
     if args.limit is not None and args.limit <= 0:
         raise UserError("--limit must be positive")

@@ -12,7 +12,7 @@ from fastdata.fields import TYPE_IDS, ReinforcementField  # noqa: E402
 from fastdata.fields.reinforce import UnsupportedAugmentation, record_dtype  # noqa: E402
 from fastdata.ops.replay import ReplayedCrop, ReplayTargets  # noqa: E402
 from fastdata.rng import OP_REPLAY, draws  # noqa: E402
-from writers.reinforce import import_imagenet_plus, reinforce  # noqa: E402
+from fastdata.writers.reinforce import import_imagenet_plus, reinforce  # noqa: E402
 
 N, C, K, NS, OUT = 24, 12, 3, 4, 32
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

@@ -96,7 +96,7 @@ def write_imagenet(data_dir: str, out: str, split: Optional[str] = "train",
 
     ``limit`` keeps the first N samples of torchvision's order (a quick subset).
     ``relabel_maps``: a folder of ReLabel's per-image label maps (``<wnid>/<stem>.pt``, see
-    writers.relabel), stored in a third field ``relabel`` (``relabel_field``, default
+    fastdata.writers.relabel), stored in a third field ``relabel`` (``relabel_field``, default
     LabelMapField(5, 15, 15)); an image whose map is missing or malformed fails like an
     undecodable image (``on_error``).  Needs torch."""
     root = os.path.join(data_dir, split) if split else data_dir
