@@ -11,7 +11,8 @@ import warnings
 from typing import Optional, Sequence
 
 from .fields.rgb_image import WRITE_MODES, RGBImageField
-from .format import DEFAULT_PAGE_SIZE, FormatError
+from .constants import DEFAULT_PAGE_SIZE
+from .format import FormatError
 from .reader import Reader, SampleError
 from .writer import WriteError, WriteReport, WriteTerminated, default_workers
 

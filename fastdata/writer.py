@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import numpy as np
 
 from . import format as fmt
+from .constants import DEFAULT_PAGE_SIZE
 from .fields import Field
 
 
@@ -209,7 +210,7 @@ class DatasetWriter:
     """
 
     def __init__(self, path: str | os.PathLike, fields: Mapping[str, Field],
-                 page_size: int = fmt.DEFAULT_PAGE_SIZE, num_workers: int = -1,
+                 page_size: int = DEFAULT_PAGE_SIZE, num_workers: int = -1,
                  on_error: str = "fail", progress: bool = True):
         fmt.check_page_size(page_size)
         if on_error not in ("fail", "skip"):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from fastdata import DatasetWriter, IntField, RGBImageField, WriteReport
+from fastdata.constants import DEFAULT_PAGE_SIZE
 from fastdata.fields.label_map import LabelMapField
 
 # torchvision's IMG_EXTENSIONS (matched case-insensitively, as torchvision does)
@@ -88,7 +89,7 @@ class ImageNetFolder:
 
 def write_imagenet(data_dir: str, out: str, split: Optional[str] = "train",
                    image_field: Optional[RGBImageField] = None, limit: Optional[int] = None,
-                   num_workers: int = -1, on_error: str = "fail", page_size: int = 1 << 23,
+                   num_workers: int = -1, on_error: str = "fail", page_size: int = DEFAULT_PAGE_SIZE,
                    progress: bool = True, relabel_maps: Optional[str] = None,
                    relabel_field: Optional[LabelMapField] = None) -> WriteReport:
     """Write ``data_dir/<split>`` (or ``data_dir`` itself when it already holds the class folders
