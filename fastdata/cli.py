@@ -39,7 +39,8 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exif-transpose", action="store_true",
                    help="apply EXIF orientation (default: off, as torchvision's ImageFolder)")
     p.add_argument("--workers", type=int, default=-1, metavar="N",
-                   help=f"encoding threads (default: all cores, here {default_workers()})")
+                   help=f"encoding threads; 0: none, encode in the main thread (default: all "
+                        f"cores, here {default_workers()})")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="write only the first N images (in label order)")
     p.add_argument("--on-error", choices=("skip", "fail"), default="fail",
@@ -134,8 +135,8 @@ def cmd_write(args: argparse.Namespace) -> int:
         return run(args)
     if args.limit is not None and args.limit <= 0:
         raise UserError("--limit must be positive")
-    if args.workers == 0 or args.workers < -1:
-        raise UserError("--workers must be positive (or -1 for all cores)")
+    if args.workers < -1:
+        raise UserError("--workers must be -1 (all cores), 0 (no worker threads) or positive")
     field = _image_field(args)
     common = dict(image_field=field, limit=args.limit, num_workers=args.workers,
                   on_error=args.on_error, page_size=args.page_size, progress=not args.quiet)
