@@ -9,7 +9,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["fastdata", "fastdata.*", "writers", "writers.*"]),
+    # writers/ (the dataset converters) stays a top-level folder of the repository but is
+    # installed inside the package, as fastdata.writers: a top-level package named `writers`
+    # would clash with anyone else's.
+    packages=find_packages(include=["fastdata", "fastdata.*"])
+    + ["fastdata.writers"] + [f"fastdata.writers.{p}" for p in find_packages("writers")],
+    package_dir={"fastdata.writers": "writers"},
     # Wheels only: every dependency below ships binary wheels with its own libjpeg-turbo / OpenCV,
     # so `pip install .` needs no compiler and no system library.  torch is not here on purpose:
     # only the loader needs it, and a bare `pip install torch` pulls a multi-GB CUDA build.

@@ -31,7 +31,7 @@ from fastdata import Loader, Reader, RGBImageField
 from fastdata.ops import RandomHorizontalFlip, RandomResizedCrop, ToTensor, ToTorchImage
 from fastdata.ops.image_kernel import dct_denominator
 from labels import measure, warm_page_cache
-from writers import write_imagenet
+from fastdata.writers import write_imagenet
 
 
 def loader(path: str, size: int, dct: bool, threads: int, **options) -> Loader:

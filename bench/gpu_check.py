@@ -36,7 +36,7 @@ def main() -> int:
     from fastdata.demo import make_imagenet_like
     from fastdata.ops import (IntDecoder, Normalize, RandomHorizontalFlip, RandomResizedCrop,
                               Squeeze, ToDevice, ToTensor, ToTorchImage)
-    from writers import write_imagenet
+    from fastdata.writers import write_imagenet
 
     work = tempfile.mkdtemp(prefix="fastdata-gpu-")
     data = args.data or make_imagenet_like(os.path.join(work, "inet"), classes=20,

@@ -37,7 +37,7 @@ from fastdata.ops.crop_params import random_resized_crop_box
 from fastdata.ops.relabel import LabelMapPool
 from fastdata.ops.replay import ReplayedCrop, ReplayTargets
 from fastdata.rng import make_key
-from writers.imagenet import ImageNetFolder
+from fastdata.writers.imagenet import ImageNetFolder
 
 NUM_CLASSES = 1000
 NUM_AUGS, TOP_K = 20, 10

@@ -28,6 +28,7 @@ import numpy as np
 
 from fastdata import IntField, Reader, RGBImageField
 from fastdata import format as fmt
+from fastdata.constants import DEFAULT_PAGE_SIZE
 from fastdata.fields.base import Field
 from fastdata.reader import check_regions_match_values
 
@@ -36,7 +37,7 @@ PAYLOAD = WIDTH * HEIGHT * 3
 FFCV_WORKERS, FFCV_CHUNK = 16, 100
 
 
-def craft(path: str, n: int, layout: str, page_size: int = fmt.DEFAULT_PAGE_SIZE) -> None:
+def craft(path: str, n: int, layout: str, page_size: int = DEFAULT_PAGE_SIZE) -> None:
     """Write a valid .beton file of ``n`` samples (image, label) without encoding any."""
     image, label = RGBImageField("raw"), IntField()
     record = fmt.metadata_dtype([image.metadata_dtype, label.metadata_dtype])
@@ -95,7 +96,7 @@ def craft(path: str, n: int, layout: str, page_size: int = fmt.DEFAULT_PAGE_SIZE
 
 def new_checks(reader: Reader) -> None:
     """The checks issue 8 added, run again on an open reader."""
-    column = reader.metadata["f0"]
+    column = reader.column("image")
     if reader.side_table("image") is not None:
         reader.fields["image"].check_side_table(column, reader.side_table("image"), "image")
     reader._check_regions_match_values()

@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def list_images(root: str, limit: Optional[int]) -> list[str]:
     """The source files in ImageFolder order (as both writers see them)."""
     sys.path.insert(0, REPO)
-    from writers.imagenet import ImageNetFolder
+    from fastdata.writers.imagenet import ImageNetFolder
     folder = ImageNetFolder.scan(root)
     paths = [p for p, _ in folder.samples]
     return paths[:limit] if limit else paths

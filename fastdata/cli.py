@@ -11,7 +11,8 @@ import warnings
 from typing import Optional, Sequence
 
 from .fields.rgb_image import WRITE_MODES, RGBImageField
-from .format import DEFAULT_PAGE_SIZE, FormatError
+from .constants import DEFAULT_PAGE_SIZE
+from .format import FormatError
 from .reader import Reader, SampleError
 from .writer import WriteError, WriteReport, WriteTerminated, default_workers
 
@@ -38,7 +39,8 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exif-transpose", action="store_true",
                    help="apply EXIF orientation (default: off, as torchvision's ImageFolder)")
     p.add_argument("--workers", type=int, default=-1, metavar="N",
-                   help=f"encoding threads (default: all cores, here {default_workers()})")
+                   help=f"encoding threads; 0: none, encode in the main thread (default: all "
+                        f"cores, here {default_workers()})")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="write only the first N images (in label order)")
     p.add_argument("--on-error", choices=("skip", "fail"), default="fail",
@@ -76,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write every image below DIR (sorted) with fields image and path (JSON).")
     folder.add_argument("--data-dir", required=True, metavar="DIR")
     _add_image_options(folder)
-    from writers.reinforce import add_subcommand as add_reinforce
+    from fastdata.writers.reinforce import add_subcommand as add_reinforce
     add_reinforce(sources)
 
     inspect = commands.add_parser(
@@ -127,14 +129,14 @@ def print_report(report: WriteReport, out=None) -> None:
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    from writers import write_folder, write_imagenet
+    from fastdata.writers import write_folder, write_imagenet
     if args.source == "reinforce":
-        from writers.reinforce import run
+        from fastdata.writers.reinforce import run
         return run(args)
     if args.limit is not None and args.limit <= 0:
         raise UserError("--limit must be positive")
-    if args.workers == 0 or args.workers < -1:
-        raise UserError("--workers must be positive (or -1 for all cores)")
+    if args.workers < -1:
+        raise UserError("--workers must be -1 (all cores), 0 (no worker threads) or positive")
     field = _image_field(args)
     common = dict(image_field=field, limit=args.limit, num_workers=args.workers,
                   on_error=args.on_error, page_size=args.page_size, progress=not args.quiet)

@@ -25,7 +25,6 @@ FIELD_NAME_SIZE = 16
 ARGUMENTS_SIZE = 1024
 MIN_PAGE_SIZE = 1 << 21       # FFCV's writer refuses smaller pages
 MAX_PAGE_SIZE = 1 << 32       # exclusive: page_size is a u4
-DEFAULT_PAGE_SIZE = 1 << 23   # 8 MiB, FFCV's default
 
 HEADER_DTYPE = np.dtype([
     ("version", "<u2"),

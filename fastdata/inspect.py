@@ -39,20 +39,20 @@ def describe(reader: Reader) -> str:
             described = "RGBImageField (written by FFCV: settings not recorded)"
         lines.append(f"  {k}: {name!r} type {field.TYPE_ID} {described}: {per_sample}")
         if isinstance(field, RGBImageField) and n:
-            column = reader.metadata[f"f{k}"]
-            modes = Counter(np.where(column["mode"] == MODE_JPG, "jpg", "raw").tolist())
+            modes = Counter(np.where(reader.column(name)["mode"] == MODE_JPG, "jpg", "raw")
+                            .tolist())
             lines.append("     mode: " + ", ".join(f"{m} {c:,} ({100 * c / n:.1f}%)"
                                                    for m, c in sorted(modes.items())))
-            long_side = np.maximum(column["width"], column["height"]).astype(np.int64)
-            lines.append(f"     stored size: mean {column['width'].mean():.0f}x"
-                         f"{column['height'].mean():.0f}, longest side histogram:")
+            sizes = reader.image_sizes(name)             # (height, width) columns
+            long_side = sizes.stored.max(axis=1)
+            lines.append(f"     stored size: mean {sizes.stored[:, 1].mean():.0f}x"
+                         f"{sizes.stored[:, 0].mean():.0f}, longest side histogram:")
             lines += _histogram(long_side, LONG_SIDE_BINS)
-            table = reader.side_table(name)
-            if table is not None:
-                orig = np.maximum(table["width"], table["height"]).astype(np.int64)
-                resized = int(np.count_nonzero(orig != long_side))
-                lines.append(f"     original size: mean {table['width'].mean():.0f}x"
-                             f"{table['height'].mean():.0f}; {resized:,} images were downscaled")
+            if reader.side_table(name) is not None:
+                resized = int(np.count_nonzero(sizes.original.max(axis=1) != long_side))
+                lines.append(f"     original size: mean {sizes.original[:, 1].mean():.0f}x"
+                             f"{sizes.original[:, 0].mean():.0f}; {resized:,} images were "
+                             f"downscaled")
             else:
                 lines.append("     original size: not recorded (written by FFCV)")
     return "\n".join(lines)

@@ -26,7 +26,7 @@ import queue
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from .ops.tensor import ToDevice, ToTensor
 from .order import OrderOption, as_order, epoch_order, shard
 from .reader import Reader, SampleError
 from .rng import OP_SKIP, draw
-from .writer import default_workers
+from .writer import resolve_workers
 
 logger = logging.getLogger("fastdata")
 
@@ -116,7 +116,9 @@ class Loader:
     """Batches of torch tensors from a .beton file (ours or FFCV's), FFCV's interface.
 
     path: the .beton file.  batch_size: samples per batch (per rank when distributed).
-    num_workers: decoding threads (-1: every core this process may use).
+    num_workers: decoding threads (-1: every core this process may use; 0: no threads at all,
+      as torch's DataLoader with num_workers=0: each batch is decoded and its batch ops run in
+      the thread that calls ``next()``, when it calls it).
     order: 'sequential', 'random' or 'quasi_random' (or OrderOption / FFCV's OrderOption).
     seed: keys every random decision (orders and augmentations) with the epoch and sample.
     distributed: shard each epoch by torch.distributed's rank and world size (see order.py).
@@ -162,14 +164,13 @@ class Loader:
             raise ValueError(f"batches_ahead must be >= 1, got {batches_ahead}")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        num_workers = resolve_workers(num_workers)
         self.reader = Reader(path, custom_fields)
         if not os_cache:
             self.reader.load_into_memory()
         self.path = os.fspath(path)
         self.batch_size = int(batch_size)
-        self.num_workers = default_workers() if num_workers in (-1, None) else int(num_workers)
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1 (or -1), got {num_workers}")
+        self.num_workers = num_workers
         self.order = as_order(order)
         self.seed = int(seed)
         self.drop_last = drop_last
@@ -381,11 +382,13 @@ _DONE = object()
 
 
 class _WorkerPool:
-    """Threads that run decoders' per-sample work; each keeps its own scratch state."""
+    """Threads that run decoders' per-sample work; each keeps its own scratch state.  With no
+    threads (num_workers=0) a task runs in the thread that queues it, when it is queued."""
 
     def __init__(self, count: int, pipelines: list[_Pipeline]):
-        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
         self.pipelines = pipelines
+        self.inline_states: dict[int, Any] = {}
+        self.tasks: Any = queue.SimpleQueue() if count else _RunAtOnce(self)
         self.threads = [threading.Thread(target=self._run, name=f"fastdata-worker-{i}",
                                          daemon=True) for i in range(count)]
         for t in self.threads:
@@ -396,28 +399,46 @@ class _WorkerPool:
         while True:
             task = self.tasks.get()
             if task is _DONE:
-                for k, state in states.items():
-                    self.pipelines[k].decoder.release_worker_state(state)
+                self._release(states)
                 return
-            job, k, ctx, start, stop, out = task
-            decoder = self.pipelines[k].decoder
-            try:
-                if k not in states:
-                    states[k] = decoder.make_worker_state()
-                decoder.decode_range(ctx, start, stop, out, states[k])
-            except SampleError as err:
-                job.fail(err)
-            except Exception as err:   # a decoder bug or a bad sample: report, keep the thread
-                job.fail(SampleError(int(ctx.indices[start]), decoder.name,
-                                     f"{type(err).__name__}: {err}"))
-            finally:
-                job.done_one()
+            self.run_task(task, states)
+
+    def run_task(self, task: tuple, states: dict[int, Any]) -> None:
+        job, k, ctx, start, stop, out = task
+        decoder = self.pipelines[k].decoder
+        try:
+            if k not in states:
+                states[k] = decoder.make_worker_state()
+            decoder.decode_range(ctx, start, stop, out, states[k])
+        except SampleError as err:
+            job.fail(err)
+        except Exception as err:   # a decoder bug or a bad sample: report, keep the thread
+            job.fail(SampleError(int(ctx.indices[start]), decoder.name,
+                                 f"{type(err).__name__}: {err}"))
+        finally:
+            job.done_one()
+
+    def _release(self, states: dict[int, Any]) -> None:
+        for k, state in states.items():
+            self.pipelines[k].decoder.release_worker_state(state)
 
     def close(self) -> None:
         for _ in self.threads:
             self.tasks.put(_DONE)
         for t in self.threads:
             t.join()
+        self._release(self.inline_states)
+        self.inline_states = {}
+
+
+class _RunAtOnce:
+    """The task queue of a pool without threads: ``put`` runs the task in the caller."""
+
+    def __init__(self, pool: _WorkerPool):
+        self.pool = pool
+
+    def put(self, task: tuple) -> None:
+        self.pool.run_task(task, self.pool.inline_states)
 
 
 class _Job:
@@ -509,7 +530,8 @@ class _Replacements:
 
 class _Producer:
     """The state the producer thread shares with its EpochIterator (never the iterator itself,
-    so that dropping the iterator stops the thread)."""
+    so that dropping the iterator stops the thread).  With num_workers=0 there is no thread:
+    ``get`` makes each batch in the calling thread."""
 
     def __init__(self, loader: Loader, epoch: int, batches: list[np.ndarray], first_batch: int):
         self.loader, self.epoch, self.batches, self.first_batch = loader, epoch, batches, first_batch
@@ -519,8 +541,14 @@ class _Producer:
         self.stream = torch.cuda.Stream() if loader._needs_cuda and torch.cuda.is_available() \
             else None
         self.events: dict[int, Any] = {}   # slot -> CUDA event: its last batch's copy is done
-        self.thread = threading.Thread(target=self._run, name="fastdata-producer", daemon=True)
-        self.thread.start()
+        self.thread: Optional[threading.Thread] = None
+        if loader.num_workers == 0:
+            self.serial_lock = threading.RLock()    # close() from another thread waits for get()
+            self.serial_items = self._serial_items()
+        else:
+            self.thread = threading.Thread(target=self._run, name="fastdata-producer",
+                                           daemon=True)
+            self.thread.start()
 
     def _put(self, item: Any) -> bool:
         while not self.stop.is_set():
@@ -534,6 +562,9 @@ class _Producer:
     def get(self) -> Any:
         """The next queued item, or _DONE once the producer is stopped: close() from any thread
         wakes a consumer waiting here (nothing will be queued any more)."""
+        if self.thread is None:
+            with self.serial_lock:
+                return _DONE if self.stop.is_set() else next(self.serial_items, _DONE)
         while not self.stop.is_set():
             try:
                 return self.out.get(timeout=0.1)
@@ -560,6 +591,11 @@ class _Producer:
             self._put(err)
         finally:
             self.pool.close()
+
+    def _serial_items(self) -> Iterator[tuple]:
+        """num_workers=0: each batch, decoded and finished when ``get`` asks for it."""
+        for b, indices in enumerate(self.batches):
+            yield self._finish_batch(self._start_batch(self.first_batch + b, indices))
 
     def _start_batch(self, batch_number: int, indices: np.ndarray,
                      replacements: Optional[_Replacements] = None) -> _Started:
@@ -658,7 +694,12 @@ class _Producer:
                 self.out.get_nowait()
         except queue.Empty:
             pass
-        self.thread.join()
+        if self.thread is not None:
+            self.thread.join()
+            return
+        with self.serial_lock:
+            self.serial_items.close()
+            self.pool.close()
 
 
 class _null:

@@ -5,12 +5,12 @@ from typing import Any, Optional
 
 import torch
 
+from .constants import IMAGENET_MEAN, IMAGENET_STD
 from .loader import Loader
 from .ops.decoders import IntDecoder
 from .ops.image_decoders import DEFAULT_CROP_RATIO, CenterCrop, RandomHorizontalFlip, \
     RandomResizedCrop
-from .ops.tensor import (IMAGENET_MEAN, IMAGENET_STD, Normalize, Squeeze, ToDevice, ToTensor,
-                         ToTorchImage)
+from .ops.tensor import Normalize, Squeeze, ToDevice, ToTensor, ToTorchImage
 from .order import OrderOption
 
 

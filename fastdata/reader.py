@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Mapping, Optional, Sequence, Type
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Type
 
 import numpy as np
 
@@ -140,6 +140,12 @@ def _first_mismatch(alloc_table: np.ndarray, entry_of_region: np.ndarray,
             f"{int(entry['sample_id'])}: a corrupt field type id or data pointer?")
 
 
+class ImageSizes(NamedTuple):
+    """Every sample's image size, int64[N, 2] arrays of (height, width) in pixels."""
+    stored: np.ndarray      # as stored in the file (after the writer's max_resolution)
+    original: np.ndarray    # before max_resolution; the stored size where the file has no record
+
+
 class Reader:
     """Random access to the samples of a ``.beton`` file (written by fastdata or by FFCV).
 
@@ -228,8 +234,8 @@ class Reader:
         self._ptrs: dict[str, Optional[np.ndarray]] = {}
         self._sizes: dict[str, Optional[np.ndarray]] = {}
         self._side_tables: dict[str, Optional[np.ndarray]] = {}
-        for k, (name, field) in enumerate(self.fields.items()):
-            column = self.metadata[f"f{k}"]
+        for name, field in self.fields.items():
+            column = self.column(name)
             sizes = field.payload_sizes(column, self.regions, name)
             ptrs = field.payload_ptrs(column)
             # Copies, not views of the map: they outlive it (load_into_memory, close).
@@ -334,24 +340,40 @@ class Reader:
         """The field's per-sample side table (for images: original width and height), or None."""
         return self._side_tables[name]
 
+    def column(self, name: str) -> np.ndarray:
+        """Every sample's metadata record of field ``name``: a read-only view into the file, of
+        the field's ``metadata_dtype``, shape [N].  KeyError for an unknown field."""
+        if name not in self.fields:
+            raise KeyError(f"{self.path}: no field {name!r} (fields: {self.field_names})")
+        return self.metadata[f"f{self.field_names.index(name)}"]
+
+    def image_sizes(self, name: str) -> ImageSizes:
+        """Stored and original (height, width) of every sample of image field ``name``, as
+        int64[N, 2] arrays (copies); the original is the stored size where the file records none
+        (FFCV's files).  TypeError if ``name`` is not an image field."""
+        if not isinstance(self.fields.get(name), RGBImageField):
+            raise TypeError(f"{self.path}: field {name!r} is not an image field")
+        column = self.column(name)
+        stored = np.stack([column["height"], column["width"]], axis=1).astype(np.int64)
+        table = self._side_tables[name]
+        original = stored.copy() if table is None else \
+            np.stack([table["height"], table["width"]], axis=1).astype(np.int64)
+        return ImageSizes(stored, original)
+
     def original_size(self, index: int, name: str) -> tuple[int, int]:
         """(width, height) of an image before ``max_resolution``; the stored size if unknown."""
         i = self._index(index)
         table = self._side_tables[name]
-        if table is not None:
-            return int(table[i]["width"]), int(table[i]["height"])
-        k = self.field_names.index(name)
-        record = self.metadata[i][f"f{k}"]
+        record = self.column(name)[i] if table is None else table[i]
         return int(record["width"]), int(record["height"])
 
     def read(self, index: int, name: str) -> Any:
         """The decoded value of field ``name`` of sample ``index``; SampleError if it is bad."""
         i = self._index(index)
-        k = self.field_names.index(name)
         field = self.fields[name]
         side = self._side_tables[name]
         try:
-            return field.decode(self.metadata[i][f"f{k}"], self.payload(i, name),
+            return field.decode(self.column(name)[i], self.payload(i, name),
                                 None if side is None else side[i])
         except (ValueError, TypeError) as err:
             raise SampleError(i, name, str(err)) from None

@@ -28,6 +28,10 @@ OP_MIX = 4
 OP_REPLAY = 5
 OP_MIX_BATCH = 6   # per-batch mixing draws, keyed by batch number (rank-interleaved)
 OP_SKIP = 7        # the Loader's replacement for a sample that fails to decode (on_error='skip')
+OP_REINFORCE_MIX = 8   # the reinforce writer's mixing of one record: partner, mixup, cutmix
+
+# Added to an op id for the same decision about a second image.
+PARTNER_OFFSET = 16   # the reinforce writer's mixing partner: its crop OP_CROP + 16, flip OP_FLIP + 16
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import numpy as np
 
 from . import format as fmt
+from .constants import DEFAULT_PAGE_SIZE
 from .fields import Field
 
 
@@ -80,6 +81,18 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def resolve_workers(num_workers: Optional[int]) -> int:
+    """The number of worker threads ``num_workers`` asks for, as the writer and the Loader read
+    it: -1 (or None) every core this process may use, 0 none (the calling thread does the work,
+    as torch's DataLoader with num_workers=0), n > 0 that many.  ValueError otherwise."""
+    if num_workers is None or (not isinstance(num_workers, bool) and num_workers == -1):
+        return default_workers()
+    if isinstance(num_workers, bool) or int(num_workers) != num_workers or num_workers < 0:
+        raise ValueError(f"num_workers must be -1 (every core), 0 (no worker threads) or a "
+                         f"positive number of threads, got {num_workers!r}")
+    return int(num_workers)
 
 
 def _pwrite_all(fd: int, offset: int, data) -> None:
@@ -202,14 +215,15 @@ class DatasetWriter:
     """Writes samples into a ``.beton`` file.
 
     fields: an ordered mapping of field name to Field; each sample is a tuple in that order.
-    num_workers: threads that load and encode samples (-1: every core).
+    num_workers: threads that load and encode samples (-1: every core; 0: none, the calling
+    thread loads and encodes them, as torch's DataLoader does with num_workers=0).
     on_error: 'fail' stops at the first sample that cannot be encoded (nothing is written);
       'skip' leaves such samples out, lists them in the report and in ``<path>.errors.tsv``.
     progress: show a progress bar (images/s, ETA) on stderr.
     """
 
     def __init__(self, path: str | os.PathLike, fields: Mapping[str, Field],
-                 page_size: int = fmt.DEFAULT_PAGE_SIZE, num_workers: int = -1,
+                 page_size: int = DEFAULT_PAGE_SIZE, num_workers: int = -1,
                  on_error: str = "fail", progress: bool = True):
         fmt.check_page_size(page_size)
         if on_error not in ("fail", "skip"):
@@ -221,7 +235,7 @@ class DatasetWriter:
         self.path = os.fspath(path)
         self.fields = dict(fields)
         self.page_size = page_size
-        self.num_workers = default_workers() if num_workers in (-1, 0, None) else int(num_workers)
+        self.num_workers = resolve_workers(num_workers)
         self.on_error = on_error
         self.progress = progress
 
@@ -320,8 +334,12 @@ class DatasetWriter:
     def _encoded_in_order(self, num_samples: int, load, describe, source_index
                           ) -> Iterator[tuple[int, Any]]:
         chunk = 8
-        window = 4 * self.num_workers
         chunks = [range(s, min(s + chunk, num_samples)) for s in range(0, num_samples, chunk)]
+        if self.num_workers == 0:
+            for c in chunks:
+                yield from self._encode_chunk(c, load, source_index, describe)
+            return
+        window = 4 * self.num_workers
         pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="fastdata-writer")
         pending = []
         next_chunk = 0

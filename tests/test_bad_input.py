@@ -1,8 +1,8 @@
 """The writer on the awkward inputs that real image folders hold.
 
 Every test builds its own ImageNet-style folder under tmp_path, writes it with
-``writers.write_imagenet`` (or the ``fastdata`` command line) and checks what was stored, what was
-reported and what was left on disk.
+``fastdata.writers.write_imagenet`` (or the ``fastdata`` command line) and checks what was
+stored, what was reported and what was left on disk.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 from fastdata import DatasetWriter, IntField, Reader, RGBImageField, WriteError
 from fastdata import jpeg as fdjpeg
 from fastdata.cli import main as cli_main
-from writers import ImageNetFolder, write_imagenet
+from fastdata.writers import ImageNetFolder, write_imagenet
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -657,7 +657,7 @@ def test_cli_help(capsys, argv, words):
 KILLED_WRITER = textwrap.dedent("""
     import sys, time
     from fastdata import RGBImageField
-    from writers import write_imagenet
+    from fastdata.writers import write_imagenet
 
     class SlowField(RGBImageField):
         # a few ms per image: the write lasts seconds, so the test can kill it mid-way

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from fastdata import Reader, RGBImageField
-from writers import ImageNetFolder, find_classes, write_imagenet
+from fastdata.writers import ImageNetFolder, find_classes, write_imagenet
 
 # torchvision.datasets.folder.IMG_EXTENSIONS
 TORCHVISION_IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff",

@@ -12,7 +12,7 @@ from fastdata.fields import TYPE_IDS, ReinforcementField  # noqa: E402
 from fastdata.fields.reinforce import UnsupportedAugmentation, record_dtype  # noqa: E402
 from fastdata.ops.replay import ReplayedCrop, ReplayTargets  # noqa: E402
 from fastdata.rng import OP_REPLAY, draws  # noqa: E402
-from writers.reinforce import import_imagenet_plus, reinforce  # noqa: E402
+from fastdata.writers.reinforce import import_imagenet_plus, reinforce  # noqa: E402
 
 N, C, K, NS, OUT = 24, 12, 3, 4, 32
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -428,3 +428,50 @@ def test_command_line_writes_a_reinforced_file(tmp_path, plain, monkeypatch, cap
     with pytest.raises(SystemExit) as usage:          # neither --teacher nor --imagenet-plus
         main(["write", "reinforce", "--data", plain, "--out", str(out)])
     assert usage.value.code == 2
+
+
+# -- the writer's draws ---------------------------------------------------------------------------
+def test_writer_draws_are_a_pure_function_of_seed_and_index():
+    """Every draw on the counter-based RNG: an image's records do not depend on which images were
+    drawn before it, nor on numpy's global state; the mixing statistics are the asked ones."""
+    from fastdata.writers.reinforce.sampling import Augmenter
+    n, ns = 50, 40
+    original = np.stack([np.arange(n) % 30 + 40, np.arange(n) % 17 + 50], 1).astype(np.int64)
+    make = lambda seed: Augmenter(original, ns, K, (OUT, OUT), seed, mixup_p=0.5,  # noqa: E731
+                                  cutmix_p=0.3, mixup_alpha=1.0, cutmix_alpha=1.0)
+    aug = make(3)
+    forward = [aug.records(i) for i in range(n)]
+    np.random.seed(123)
+    backward = [make(3).records(i) for i in reversed(range(n))][::-1]
+    for a, b in zip(forward, backward):
+        assert a.tobytes() == b.tobytes()
+    assert forward[7].tobytes() != make(4).records(7).tobytes()
+    recs = np.concatenate(forward)
+    index = np.repeat(np.arange(n), ns)
+    mixed = recs["partner"] >= 0
+    do_mix, do_cut = ~np.isnan(recs["mixup"]), ~np.isnan(recs["cutmix"])
+    assert np.array_equal(mixed, do_mix | do_cut)
+    assert abs(do_mix.mean() - 0.5) < 0.05 and abs(do_cut.mean() - 0.3) < 0.05
+    assert np.all(recs["partner"][mixed] != index[mixed]) and recs["partner"].max() < n
+    assert np.bincount(recs["partner"][mixed], minlength=n).min() > 0
+    lam = recs["mixup"][do_mix]                    # Beta(1, 1) / 2: uniform on [0, 0.5]
+    assert lam.min() >= 0 and lam.max() <= 0.5 and abs(lam.mean() - 0.25) < 0.02
+    box = recs["cutmix_box"][do_cut].astype(np.int64)
+    area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+    assert np.allclose(recs["cutmix"][do_cut], 1 - area / OUT ** 2, atol=1e-6)
+    assert recs["cutmix"][do_cut].min() >= 0 and recs["cutmix"][do_cut].max() <= 1
+    with pytest.raises(ValueError, match="mixup_alpha must be positive"):
+        Augmenter(original, ns, K, (OUT, OUT), mixup_p=0.5, mixup_alpha=0.0)
+
+
+def test_reinforce_with_no_workers_writes_the_same_file(plain, tmp_path):
+    """num_workers=0: rendering and writing in the calling thread, the same records."""
+    out = {}
+    for workers in (0, 2):
+        out[workers] = str(tmp_path / f"w{workers}.beton")
+        reinforce(plain, Teacher(), out[workers], num_augs=NS, top_k=K, batch_size=10,
+                  device="cpu", seed=3, output_size=OUT, num_workers=workers, progress=False,
+                  mixup_p=0.5, cutmix_p=0.5)
+    a, b = fastdata.Reader(out[0]), fastdata.Reader(out[2])
+    for i in range(N):
+        assert a.read(i, "reinforce").tobytes() == b.read(i, "reinforce").tobytes()

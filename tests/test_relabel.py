@@ -19,7 +19,7 @@ from fastdata.ops import (IntDecoder, RandomHorizontalFlip, RandomResizedCrop, S
 from fastdata.ops.base import BatchContext  # noqa: E402
 from fastdata.ops.relabel import LabelMapDecoder, LabelMapPool, roi_cell_weights  # noqa: E402
 from fastdata.reader import SampleError  # noqa: E402
-from writers.relabel import load_label_map  # noqa: E402
+from fastdata.writers.relabel import load_label_map  # noqa: E402
 
 C = 40          # classes in the synthetic maps
 f32 = np.float32

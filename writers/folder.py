@@ -6,6 +6,7 @@ import os
 from typing import Optional
 
 from fastdata import DatasetWriter, JSONField, RGBImageField, WriteReport
+from fastdata.constants import DEFAULT_PAGE_SIZE
 
 from .imagenet import _is_image_name
 
@@ -25,7 +26,7 @@ def find_images(root: str) -> list[str]:
 
 def write_folder(data_dir: str, out: str, image_field: Optional[RGBImageField] = None,
                  limit: Optional[int] = None, num_workers: int = -1, on_error: str = "fail",
-                 page_size: int = 1 << 23, progress: bool = True) -> WriteReport:
+                 page_size: int = DEFAULT_PAGE_SIZE, progress: bool = True) -> WriteReport:
     """Write every image below ``data_dir`` with fields ``image`` and ``path``."""
     paths = find_images(data_dir)[:limit] if limit else find_images(data_dir)
     samples = [(p, os.path.relpath(p, data_dir)) for p in paths]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from fastdata import DatasetWriter, IntField, RGBImageField, WriteReport
+from fastdata.constants import DEFAULT_PAGE_SIZE
 from fastdata.fields.label_map import LabelMapField
 
 # torchvision's IMG_EXTENSIONS (matched case-insensitively, as torchvision does)
@@ -88,7 +89,7 @@ class ImageNetFolder:
 
 def write_imagenet(data_dir: str, out: str, split: Optional[str] = "train",
                    image_field: Optional[RGBImageField] = None, limit: Optional[int] = None,
-                   num_workers: int = -1, on_error: str = "fail", page_size: int = 1 << 23,
+                   num_workers: int = -1, on_error: str = "fail", page_size: int = DEFAULT_PAGE_SIZE,
                    progress: bool = True, relabel_maps: Optional[str] = None,
                    relabel_field: Optional[LabelMapField] = None) -> WriteReport:
     """Write ``data_dir/<split>`` (or ``data_dir`` itself when it already holds the class folders
@@ -96,7 +97,7 @@ def write_imagenet(data_dir: str, out: str, split: Optional[str] = "train",
 
     ``limit`` keeps the first N samples of torchvision's order (a quick subset).
     ``relabel_maps``: a folder of ReLabel's per-image label maps (``<wnid>/<stem>.pt``, see
-    writers.relabel), stored in a third field ``relabel`` (``relabel_field``, default
+    fastdata.writers.relabel), stored in a third field ``relabel`` (``relabel_field``, default
     LabelMapField(5, 15, 15)); an image whose map is missing or malformed fails like an
     undecodable image (``on_error``).  Needs torch."""
     root = os.path.join(data_dir, split) if split else data_dir

@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 from fastdata import DatasetWriter, Field, WriteReport
+from fastdata.constants import DEFAULT_PAGE_SIZE
 
 
 def write_indexed_dataset(dataset: Any, out: str, fields: Mapping[str, Field],
                           indices: Optional[Sequence[int]] = None, num_workers: int = -1,
-                          on_error: str = "fail", page_size: int = 1 << 23,
+                          on_error: str = "fail", page_size: int = DEFAULT_PAGE_SIZE,
                           progress: bool = True) -> WriteReport:
     """Write ``dataset[i]`` for each i of ``indices`` (default: all) to ``out``."""
     writer = DatasetWriter(out, fields, page_size=page_size, num_workers=num_workers,

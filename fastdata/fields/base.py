@@ -52,6 +52,24 @@ class RegionTable:
         return self.sizes[pos]
 
 
+def pack_arguments(*parts: Any) -> np.ndarray:
+    """A field descriptor's argument bytes: ``parts`` (numpy records or arrays, or bytes) one
+    after the other, then zeros up to ARGUMENTS_SIZE (1024): uint8[1024].  ValueError if they
+    do not fit."""
+    raw = b"".join(p if isinstance(p, bytes) else np.asarray(p).tobytes() for p in parts)
+    if len(raw) > ARGUMENTS_SIZE:
+        raise ValueError(f"field arguments of {len(raw)} bytes exceed {ARGUMENTS_SIZE}")
+    out = np.zeros(ARGUMENTS_SIZE, dtype=np.uint8)
+    out[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return out
+
+
+def unpack_arguments(arguments: np.ndarray, dtype: np.dtype) -> np.void:
+    """The record of ``dtype`` at the start of a descriptor's argument bytes (a copy)."""
+    raw = np.asarray(arguments, dtype=np.uint8)[:dtype.itemsize].tobytes()
+    return np.frombuffer(raw, dtype=dtype)[0]
+
+
 class Field(ABC):
     """A column of a .beton file.  Subclasses set TYPE_ID (FFCV's ids 0-6; ours are >= 100)."""
 

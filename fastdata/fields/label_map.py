@@ -18,14 +18,14 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from ..format import ARGUMENTS_SIZE, FormatError
-from .base import Encoded, FixedSizeField
+from ..constants import MAX_CLASS_ID
+from ..format import FormatError
+from .base import Encoded, FixedSizeField, pack_arguments, unpack_arguments
 
 ARGS_MAGIC = b"FDLM"
 ARGS_VERSION = 1
 ARGS_DTYPE = np.dtype([("magic", "S4"), ("version", "<u4"), ("k", "<u4"), ("height", "<u4"),
                        ("width", "<u4")])
-MAX_CLASS_ID = 32767               # ids are int16
 FLOAT16_MAX = 65504.0
 MAX_CELLS = 1 << 24                # k * H * W: 64 MiB per sample, far beyond any real map
 ID_DTYPE = np.dtype("<i2")
@@ -100,14 +100,11 @@ class LabelMapField(FixedSizeField):
         args["magic"] = ARGS_MAGIC
         args["version"] = ARGS_VERSION
         args["k"], args["height"], args["width"] = self.k, self.height, self.width
-        out = np.zeros(ARGUMENTS_SIZE, dtype=np.uint8)
-        out[:ARGS_DTYPE.itemsize] = np.frombuffer(args.tobytes(), dtype=np.uint8)
-        return out
+        return pack_arguments(args)
 
     @classmethod
     def from_arguments(cls, arguments: np.ndarray) -> "LabelMapField":
-        args = np.frombuffer(np.asarray(arguments, dtype=np.uint8)[:ARGS_DTYPE.itemsize]
-                             .tobytes(), dtype=ARGS_DTYPE)[0]
+        args = unpack_arguments(arguments, ARGS_DTYPE)
         if bytes(args["magic"]) != ARGS_MAGIC:
             raise FormatError(f"label-map field arguments do not start with {ARGS_MAGIC!r}")
         if int(args["version"]) != ARGS_VERSION:

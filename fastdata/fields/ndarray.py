@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..format import ARGUMENTS_SIZE, FormatError
-from .base import Encoded, FixedSizeField
+from .base import Encoded, FixedSizeField, pack_arguments, unpack_arguments
 
 MAX_DIMS = 32
 ARGS_HEADER_DTYPE = np.dtype([("shape", "<u8", (MAX_DIMS,)), ("type_length", "<u8")])
@@ -43,14 +43,11 @@ class NDArrayField(FixedSizeField):
         header["shape"][:len(self.shape)] = self.shape
         descr = json.dumps(self.dtype.descr).encode("ascii")
         header["type_length"] = len(descr)
-        out = np.zeros(ARGUMENTS_SIZE, dtype=np.uint8)
-        raw = header.tobytes() + descr
-        out[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-        return out
+        return pack_arguments(header, descr)
 
     @classmethod
     def from_arguments(cls, arguments: np.ndarray) -> "NDArrayField":
-        header = np.frombuffer(arguments[:DESCR_OFFSET].tobytes(), dtype=ARGS_HEADER_DTYPE)[0]
+        header = unpack_arguments(arguments, ARGS_HEADER_DTYPE)
         shape = [int(s) for s in header["shape"]]
         while shape and shape[-1] == 0:
             shape.pop()

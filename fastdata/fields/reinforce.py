@@ -39,10 +39,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..format import ARGUMENTS_SIZE, FormatError
-from .base import Encoded, FixedSizeField
+from ..constants import MAX_CLASS_ID, MAX_TOP_K
+from ..format import FormatError
+from .base import Encoded, FixedSizeField, pack_arguments, unpack_arguments
 
-MAX_CLASS_ID = np.iinfo(np.int16).max
 MAX_AUGS = 1 << 16
 _ARGS = np.dtype([("num_augs", "<u4"), ("top_k", "<u4"), ("out_h", "<u4"), ("out_w", "<u4")])
 _KNOWN_KEYS = {"box", "flip", "partner", "partner_box", "partner_flip", "mixup", "cutmix",
@@ -169,8 +169,8 @@ class ReinforcementField(FixedSizeField):
     def __init__(self, num_augs: int, top_k: int, output_size: Any = 224):
         if not 1 <= int(num_augs) <= MAX_AUGS:
             raise ValueError(f"num_augs must be in [1, {MAX_AUGS}], got {num_augs}")
-        if not 1 <= int(top_k) <= 4096:
-            raise ValueError(f"top_k must be in [1, 4096], got {top_k}")
+        if not 1 <= int(top_k) <= MAX_TOP_K:
+            raise ValueError(f"top_k must be in [1, {MAX_TOP_K}], got {top_k}")
         if isinstance(output_size, (int, np.integer)):
             output_size = (output_size, output_size)
         self.output_size = tuple(int(s) for s in output_size)
@@ -187,13 +187,11 @@ class ReinforcementField(FixedSizeField):
 
     def to_arguments(self, side_table: Optional[tuple[int, int]] = None) -> np.ndarray:
         args = np.array((self.num_augs, self.top_k, *self.output_size), dtype=_ARGS)
-        out = np.zeros(ARGUMENTS_SIZE, dtype=np.uint8)
-        out[:_ARGS.itemsize] = np.frombuffer(args.tobytes(), np.uint8)
-        return out
+        return pack_arguments(args)
 
     @classmethod
     def from_arguments(cls, arguments: np.ndarray) -> "ReinforcementField":
-        args = np.frombuffer(arguments[:_ARGS.itemsize].tobytes(), dtype=_ARGS)[0]
+        args = unpack_arguments(arguments, _ARGS)
         try:
             return cls(int(args["num_augs"]), int(args["top_k"]),
                        (int(args["out_h"]), int(args["out_w"])))

@@ -14,10 +14,10 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import jpeg
-from ..format import ARGUMENTS_SIZE, FormatError
+from ..format import FormatError
 from ..images import SourceImage, as_rgb_array, load_image
 from ..ops.resize import resize_area, size_within
-from .base import Encoded, Field, RegionTable
+from .base import Encoded, Field, RegionTable, pack_arguments, unpack_arguments
 
 MODE_JPG, MODE_RAW = 0, 1
 WRITE_MODES = ("raw", "jpg", "proportion", "smart")
@@ -105,13 +105,11 @@ class RGBImageField(Field):
         args["seed"] = self.seed & 0xFFFFFFFFFFFFFFFF
         if side_table is not None:
             args["side_ptr"], args["side_count"] = side_table
-        out = np.zeros(ARGUMENTS_SIZE, dtype=np.uint8)
-        out[:ARGS_DTYPE.itemsize] = np.frombuffer(args.tobytes(), dtype=np.uint8)
-        return out
+        return pack_arguments(args)
 
     @classmethod
     def from_arguments(cls, arguments: np.ndarray) -> "RGBImageField":
-        args = np.frombuffer(arguments[:ARGS_DTYPE.itemsize].tobytes(), dtype=ARGS_DTYPE)[0]
+        args = unpack_arguments(arguments, ARGS_DTYPE)
         if bytes(args["magic"]) != ARGS_MAGIC:
             return cls()      # written by FFCV: settings unknown, no side table
         try:

@@ -7,10 +7,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..format import ARGUMENTS_SIZE, FormatError
-from .base import Encoded, FixedSizeField
+from ..constants import MAX_CLASS_ID, MAX_TOP_K
+from ..format import FormatError
+from .base import Encoded, FixedSizeField, pack_arguments, unpack_arguments
 
-MAX_CLASS_ID = np.iinfo(np.int16).max
 _ARGS = np.dtype([("k", "<u4")])
 
 
@@ -44,19 +44,17 @@ class TopKField(FixedSizeField):
     TYPE_ID = 102
 
     def __init__(self, k: int = 10):
-        if not 1 <= int(k) <= 4096:
-            raise ValueError(f"k must be in [1, 4096], got {k}")
+        if not 1 <= int(k) <= MAX_TOP_K:
+            raise ValueError(f"k must be in [1, {MAX_TOP_K}], got {k}")
         self.k = int(k)
         self.nbytes = 4 * self.k
 
     def to_arguments(self, side_table: Optional[tuple[int, int]] = None) -> np.ndarray:
-        out = np.zeros(ARGUMENTS_SIZE, dtype=np.uint8)
-        out[:_ARGS.itemsize] = np.frombuffer(np.array(self.k, dtype=_ARGS).tobytes(), np.uint8)
-        return out
+        return pack_arguments(np.array(self.k, dtype=_ARGS))
 
     @classmethod
     def from_arguments(cls, arguments: np.ndarray) -> "TopKField":
-        k = int(np.frombuffer(arguments[:_ARGS.itemsize].tobytes(), dtype=_ARGS)[0]["k"])
+        k = int(unpack_arguments(arguments, _ARGS)["k"])
         try:
             return cls(k)
         except ValueError as err:

@@ -77,7 +77,7 @@ class Decoder(Operation):
                             f"{type(field).__name__} (it needs "
                             f"{' or '.join(t.__name__ for t in self.field_types)})")
         self.reader, self.name, self.field_index = reader, name, field_index
-        self.column = reader.metadata[f"f{field_index}"]
+        self.column = reader.column(name)
 
     def unbind(self) -> None:
         """Drop every view of the reader's file that bind kept (the Loader is closing): while

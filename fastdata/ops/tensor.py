@@ -6,10 +6,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from .base import BatchContext, BatchOp
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ToTensor(BatchOp):
