@@ -4,9 +4,9 @@ The PyPI wheel ``pylibjxl`` (x86-64 Linux, CPython 3.11+) links libjpeg-turbo 3.
 extension module and exports the whole TurboJPEG 3 API from it (``tj3SetCroppingRegion``,
 ``tj3SetScalingFactor``, ...), under no top-level name that another package uses.  (The
 ``turbojpeg`` wheel also ships one, but installs a compiled module named ``turbojpeg`` that
-shadows PyTurboJPEG's.)  We open that library with ctypes, privately (RTLD_LOCAL: its exported
-libjpeg symbols must not capture Pillow's or anyone else's), and hand the addresses of the
-functions we call to LLVM, so Numba kernels call them directly (and Numba's on-disk cache keeps
+shadows PyTurboJPEG's.)  We open that library with ctypes, privately (RTLD_LOCAL, so that the
+libjpeg functions it also exports stay out of the process's global symbols), and hand the
+addresses of the functions we call to LLVM, so Numba kernels call them directly (and Numba's on-disk cache keeps
 working, which calling ctypes function objects would prevent).  Where to look, in order:
 ``FASTDATA_LIBTURBOJPEG`` (a path; when set, nothing else is tried), the ``pylibjxl`` extension,
 a ``turbojpeg`` wheel's vendored copy (environments that still have it), and the system's
