@@ -6,8 +6,8 @@ extension module and exports the whole TurboJPEG 3 API from it (``tj3SetCropping
 ``turbojpeg`` wheel also ships one, but installs a compiled module named ``turbojpeg`` that
 shadows PyTurboJPEG's.)  We open that library with ctypes, privately (RTLD_LOCAL, so that the
 libjpeg functions it also exports stay out of the process's global symbols), and hand the
-addresses of the functions we call to LLVM, so Numba kernels call them directly (and Numba's on-disk cache keeps
-working, which calling ctypes function objects would prevent).  Where to look, in order:
+addresses of the functions we call to LLVM, so Numba kernels call them directly (and Numba's
+on-disk cache keeps working, which calling ctypes function objects would prevent).  Where to look, in order:
 ``FASTDATA_LIBTURBOJPEG`` (a path; when set, nothing else is tried), the ``pylibjxl`` extension,
 a ``turbojpeg`` wheel's vendored copy (environments that still have it), and the system's
 libturbojpeg as PyTurboJPEG finds it (``ctypes.util.find_library``); the first that has every
