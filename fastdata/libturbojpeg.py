@@ -31,6 +31,7 @@ import importlib.util
 import os
 import platform
 import sys
+from typing import Iterator
 
 import numpy as np
 from numba import njit, types
@@ -55,24 +56,24 @@ REQUIRED_FUNCTIONS = ("tj3Init", "tj3Destroy", "tj3Set", "tj3Get", "tj3Decompres
                       "tj3GetErrorCode", "tj3GetErrorStr")
 
 
-def candidate_libraries() -> list[str]:
-    """Paths that may hold libturbojpeg 3, in the order they are tried (see the module doc)."""
+def candidate_libraries() -> Iterator[str]:
+    """Paths that may hold libturbojpeg 3, in the order they are tried (see the module doc).
+    Lazy: the system search runs ldconfig, which is skipped once a wheel's copy is taken."""
     override = os.environ.get("FASTDATA_LIBTURBOJPEG")
     if override:
-        return [override]
-    found = []
+        yield override
+        return
     try:
         spec = importlib.util.find_spec("pylibjxl")  # locates the package without importing it
     except (ImportError, ValueError):
         spec = None
     for folder in (spec.submodule_search_locations or []) if spec else []:
-        found += sorted(glob.glob(os.path.join(folder, "_pylibjxl*.so")))
+        yield from sorted(glob.glob(os.path.join(folder, "_pylibjxl*.so")))
     for base in sys.path:
-        found += sorted(glob.glob(os.path.join(base, "turbojpeg.libs", "libturbojpeg*.so*")))
+        yield from sorted(glob.glob(os.path.join(base, "turbojpeg.libs", "libturbojpeg*.so*")))
     system = ctypes.util.find_library("turbojpeg")
     if system:
-        found.append(system)
-    return found
+        yield system
 
 
 def open_library(path: str) -> ctypes.CDLL | None:
