@@ -25,13 +25,18 @@ setup(
         "simplejpeg>=1.6",
         "pillow>=9.0",
         "tqdm>=4.60",
-        # libturbojpeg 3 (region decoding) for the loader; x86-64 Linux wheels only.
-        "turbojpeg>=0.0.2; platform_machine == 'x86_64' and sys_platform == 'linux'",
+        # libturbojpeg 3 (region decoding) for the loader: pylibjxl's extension exports libjpeg-turbo
+        # 3.1's TurboJPEG 3 API and, unlike the `turbojpeg` wheel, installs no module named
+        # `turbojpeg` to shadow PyTurboJPEG's.  Wheels: x86-64 Linux, CPython 3.11+.  Pinned: we
+        # use its exported symbols, not its Python API (fastdata/libturbojpeg.py checks them).
+        "pylibjxl==0.5.0; platform_machine == 'x86_64' and sys_platform == 'linux' "
+        "and python_version >= '3.11'",
     ],
     extras_require={
         "torch": ["torch>=2.0"],
         # timm: tests/test_mix_timm.py compares Mixup/CutMix with the version fastdata follows.
-        "test": ["pytest>=7", "psutil>=5", "timm==1.0.31"],
+        # pyturbojpeg: tests/test_pyturbojpeg_coexistence.py checks fastdata installs beside it.
+        "test": ["pytest>=7", "psutil>=5", "timm==1.0.31", "pyturbojpeg==2.6.1"],
     },
     entry_points={"console_scripts": ["fastdata=fastdata.cli:main"]},
 )

@@ -1,25 +1,37 @@
 """libturbojpeg 3 from Numba: region-of-interest, DCT-scaled JPEG decoding with no GIL.
 
-The PyPI wheel ``turbojpeg`` (x86-64 Linux) ships a libturbojpeg with the TurboJPEG 3 API
-(``tj3SetCroppingRegion``, ``tj3SetScalingFactor``, ...).  We load that library and declare its
-functions to Numba as external symbols, so compiled kernels call them directly (and Numba's
-on-disk cache keeps working, which calling ctypes function objects would prevent).
+The PyPI wheel ``pylibjxl`` (x86-64 Linux, CPython 3.11+) links libjpeg-turbo 3.1 into its
+extension module and exports the whole TurboJPEG 3 API from it (``tj3SetCroppingRegion``,
+``tj3SetScalingFactor``, ...), under no top-level name that another package uses.  (The
+``turbojpeg`` wheel also ships one, but installs a compiled module named ``turbojpeg`` that
+shadows PyTurboJPEG's.)  We open that library with ctypes, privately (RTLD_LOCAL, so that the
+libjpeg functions it also exports stay out of the process's global symbols), and hand the
+addresses of the functions we call to LLVM, so Numba kernels call them directly (and Numba's
+on-disk cache keeps working, which calling ctypes function objects would prevent).  Where to look, in order:
+``FASTDATA_LIBTURBOJPEG`` (a path; when set, nothing else is tried), the ``pylibjxl`` extension,
+a ``turbojpeg`` wheel's vendored copy (environments that still have it), and the system's
+libturbojpeg as PyTurboJPEG finds it (``ctypes.util.find_library``); the first that has every
+function we call wins (libjpeg-turbo 2's lacks the TurboJPEG 3 API and is passed over).
 
 Two ABI facts, both for x86-64 System V, checked by tests: pointers and the opaque handle travel
 as 64-bit integers, and the small structs passed by value travel in integer registers, so
 ``tjscalingfactor {int num, denom}`` is one 64-bit word ``num | denom << 32`` and
 ``tjregion {int x, y, w, h}`` is two, ``x | y << 32`` and ``w | h << 32``.
 
-``AVAILABLE`` is False where the library cannot be found (other platforms); the image decoders
-then fall back to decoding in Python with simplejpeg (GIL released in C).
+``AVAILABLE`` is False where no such library is found (or on other platforms, or with
+``FASTDATA_NO_LIBTURBOJPEG=1``); the image decoders then fall back to decoding in Python with
+simplejpeg (GIL released in C).
 """
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import glob
+import importlib.util
 import os
 import platform
 import sys
+from typing import Iterator
 
 import numpy as np
 from numba import njit, types
@@ -38,30 +50,57 @@ TJERR_WARNING = 0
 MCU_WIDTH = np.array([8, 16, 16, 8, 8, 32, 8], dtype=np.int64)
 
 
-def _find_library() -> str | None:
-    if platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"):
-        return None
+# Every TurboJPEG 3 function this module calls: a candidate library must export them all.
+REQUIRED_FUNCTIONS = ("tj3Init", "tj3Destroy", "tj3Set", "tj3Get", "tj3DecompressHeader",
+                      "tj3SetScalingFactor", "tj3SetCroppingRegion", "tj3Decompress8",
+                      "tj3GetErrorCode", "tj3GetErrorStr")
+
+
+def candidate_libraries() -> Iterator[str]:
+    """Paths that may hold libturbojpeg 3, in the order they are tried (see the module doc).
+    Lazy: the system search runs ldconfig, which is skipped once a wheel's copy is taken."""
     override = os.environ.get("FASTDATA_LIBTURBOJPEG")
     if override:
-        return override if os.path.exists(override) else None
-    for base in sys.path:
-        hits = sorted(glob.glob(os.path.join(base, "turbojpeg.libs", "libturbojpeg*.so*")))
-        if hits:
-            return hits[0]
-    return None
-
-
-LIBRARY = _find_library()
-AVAILABLE = False
-if LIBRARY is not None and os.environ.get("FASTDATA_NO_LIBTURBOJPEG") != "1":
+        yield override
+        return
     try:
-        import llvmlite.binding as _llvm
-        _lib = ctypes.CDLL(LIBRARY)
-        _ = (_lib.tj3Init, _lib.tj3SetCroppingRegion, _lib.tj3Decompress8)
-        _llvm.load_library_permanently(LIBRARY)
-        AVAILABLE = True
+        spec = importlib.util.find_spec("pylibjxl")  # locates the package without importing it
+    except (ImportError, ValueError):
+        spec = None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        yield from sorted(glob.glob(os.path.join(folder, "_pylibjxl*.so")))
+    for base in sys.path:
+        yield from sorted(glob.glob(os.path.join(base, "turbojpeg.libs", "libturbojpeg*.so*")))
+    system = ctypes.util.find_library("turbojpeg")
+    if system:
+        yield system
+
+
+def open_library(path: str) -> ctypes.CDLL | None:
+    """The library at path, opened privately, if it exports every function we call; else None."""
+    try:
+        lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+        for name in REQUIRED_FUNCTIONS:
+            getattr(lib, name)
     except (OSError, AttributeError):
-        AVAILABLE = False
+        return None
+    return lib
+
+
+LIBRARY = None  # path of the libturbojpeg 3 in use, None where there is none
+AVAILABLE = False
+_lib = None
+if (platform.machine() in ("x86_64", "AMD64") and sys.platform.startswith("linux")
+        and os.environ.get("FASTDATA_NO_LIBTURBOJPEG") != "1"):
+    # The by-value struct packing below is the x86-64 System V ABI: nowhere else.
+    for _path in candidate_libraries():
+        _lib = open_library(_path)
+        if _lib is not None:
+            import llvmlite.binding as _llvm
+            for _name in REQUIRED_FUNCTIONS:
+                _llvm.add_symbol(_name, ctypes.cast(getattr(_lib, _name), ctypes.c_void_p).value)
+            LIBRARY, AVAILABLE = _path, True
+            break
 
 _i64, _i32 = types.int64, types.int32
 tj3Init = types.ExternalFunction("tj3Init", _i64(_i32))
