@@ -26,7 +26,7 @@ import numpy as np
 from fastdata import Loader, RGBImageField, libturbojpeg
 from fastdata.ops import RandomHorizontalFlip, RandomResizedCrop, ToTensor, ToTorchImage
 from labels import measure, warm_page_cache
-from writers import write_imagenet
+from fastdata.writers import write_imagenet
 
 
 def loader(path: str, size: int, region: bool, threads: int, **options) -> Loader:
