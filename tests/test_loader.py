@@ -339,11 +339,8 @@ def test_decode_error_names_sample_and_field(tmp_path, images):
 
 
 def test_reads_ffcv_written_files():
-    fixtures = os.environ.get("FASTDATA_FIXTURES") or os.path.join(
-        os.path.dirname(__file__), "..", "..", "shared", "fixtures")
-    path = os.path.join(fixtures, "ffcv_images_proportion.beton")
-    if not os.path.exists(path):
-        pytest.skip("FFCV fixtures not found (set FASTDATA_FIXTURES)")
+    # written by FFCV 1.0.2: tests/fixtures/README.md
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "ffcv_images_proportion.beton")
     import json
     expected = json.load(open(path + ".json"))["samples"]
     loader = Loader(path, batch_size=8, order="sequential", drop_last=False, pipelines={
