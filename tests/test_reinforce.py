@@ -355,8 +355,8 @@ def _box_mapping_to(rng, original_hw, stored_hw, target: int):
     for axis in (0, 1):
         o, st = original_hw[axis], stored_hw[axis]
         guess = round(target * o / st)
-        candidates = [(start, length) for start in range(o) for length in range(guess - 3, guess + 4)
-                      if 0 < length <= o - start]
+        candidates = [(start, length) for start in range(o)
+                      for length in range(guess - 3, guess + 4) if 0 < length <= o - start]
         rng.shuffle(candidates)
         for start, length in candidates:
             probe = (start, 0, length, 1) if axis == 0 else (0, start, 1, length)
