@@ -4,7 +4,7 @@
 #   DIR/dali    nvidia-dali-cuda120 (runs CPU-only with device_id=None; ~1.1 GB)
 #   DIR/torch   torch 2.14.1 + torchvision 0.29.1 (ImageFolder + DataLoader; ~5.5 GB)
 #   DIR/simd    Pillow-SIMD built with AVX2, layered over DIR/torch through a .pth file
-# and the Debian packages they need, plus the photo packages bench/make_imagenet_like.py reads.
+# and the Debian packages they need, plus the photo packages bench/make_photo_folder.py reads.
 # None of these is a dependency of fastdata. Idempotent. Needs root for apt-get.
 # Then: export FASTDATA_FFCV_PYTHON=DIR/ffcv/bin/python (and _DALI_, _TORCH_, _SIMD_), or pass
 # --ffcv-python etc. to bench/loader.py and bench/write.py.
