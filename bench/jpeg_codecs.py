@@ -35,8 +35,8 @@ where it exceeds 0.1 cores are redone after waiting for the machine to go
 quiet (column "other load").
 
 Run:
-    python bench/jpeg_codecs.py --data /work/data/inet10k --n 1000 --max-side 0
-    python bench/jpeg_codecs.py --data /work/data/inet10k --n 1000 --max-side 500
+    python bench/jpeg_codecs.py --data DIR --n 1000 --max-side 0
+    python bench/jpeg_codecs.py --data DIR --n 1000 --max-side 500
 """
 import argparse
 import ctypes

@@ -1,7 +1,16 @@
 """Loader throughput: fastdata vs FFCV 1.0.2, DALI (CPU) and torchvision (Pillow, Pillow-SIMD).
 
-    python bench/loader.py --data /work/data/inet10k --threads 1,2 --repeat 3 --seconds 20
-    python bench/loader.py --data /work/data/inet10k --quick            # debugging
+    python bench/loader.py --data DIR --threads 1,2 --repeat 3 --seconds 20 \\
+        --ffcv-python FFCV_VENV/bin/python --dali-python DALI_VENV/bin/python \\
+        --torch-python TORCH_VENV/bin/python --simd-python SIMD_VENV/bin/python
+    python bench/loader.py --data DIR --quick            # debugging
+
+``DIR`` is an ImageNet-style folder (``DIR/train/<class>/<images>``).  Each peer runs under an
+interpreter of its own, given by ``--<peer>-python`` or the environment variable
+``FASTDATA_<PEER>_PYTHON`` (for example ``FASTDATA_FFCV_PYTHON``); a peer with neither is skipped
+with a note.  ``bench/setup_peers.sh DIR`` builds all four (FFCV alone: ``.ci/ffcv_venv.sh``).
+Without FFCV the two .beton files are written by fastdata's writer instead (re-encoding as FFCV
+does), with a note.
 
 Two pipelines, both with uint8 output in batches of 256:
 
@@ -84,6 +93,11 @@ CONFIGS = [
 SCRIPTS = {"fastdata": "fastdata_loader.py", "ffcv": "ffcv_loader.py", "dali": "dali_loader.py",
            "torch": "torch_loader.py", "simd": "torch_loader.py"}
 
+# The peers' interpreters: what each must import, and the variable that names it by default.
+PEER_NEEDS = {"ffcv": "ffcv 1.0.2", "dali": "nvidia.dali", "torch": "torch and torchvision",
+              "simd": "torchvision over Pillow-SIMD"}
+PEER_ENV = {kind: f"FASTDATA_{kind.upper()}_PYTHON" for kind in PEER_NEEDS}
+
 PROBES = {
     "fastdata": "import json, sys, importlib.metadata as md, fastdata, torch, numba, numpy\n"
                 "print(json.dumps({'fastdata': fastdata.__version__, 'from': fastdata.__file__,"
@@ -106,13 +120,14 @@ PROBES["simd"] = PROBES["torch"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split("\n\nTwo pipelines")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="DIR",
                    help="ImageNet-style root holding train/<class>/<images>")
     p.add_argument("--split", default="train", help="image folder under --data (default train)")
-    p.add_argument("--work-dir", default="/work/data/bench-loader", metavar="DIR",
-                   help="where the .beton files are written once and reused")
+    p.add_argument("--work-dir", default=os.path.join(HERE, "out", "loader-work"), metavar="DIR",
+                   help="where the .beton files are written once and reused (default "
+                        "bench/out/loader-work in this repository)")
     p.add_argument("--out-dir", default=os.path.join(HERE, "out"), metavar="DIR")
     p.add_argument("--threads", default="1,2", help="comma-separated thread/worker counts")
     p.add_argument("--repeat", type=int, default=3)
@@ -139,11 +154,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-snapshot", dest="snapshot", action="store_false",
                    help="import fastdata from the working tree in every run, instead of from a "
                         "copy taken at the start (the copy keeps concurrent edits out)")
-    p.add_argument("--fastdata-python", default=sys.executable)
-    p.add_argument("--ffcv-python", default="/work/peers/ffcv/bin/python")
-    p.add_argument("--dali-python", default="/work/peers/dali/bin/python")
-    p.add_argument("--torch-python", default="/work/peers/torch/bin/python")
-    p.add_argument("--simd-python", default="/work/peers/simd/bin/python")
+    p.add_argument("--fastdata-python", default=sys.executable, metavar="PATH",
+                   help="a python with fastdata's dependencies (default: this one); it imports "
+                        "fastdata from this repository")
+    for kind, needs in PEER_NEEDS.items():
+        p.add_argument(f"--{kind}-python", default=os.environ.get(PEER_ENV[kind]), metavar="PATH",
+                       help=f"a python that can import {needs} (default: ${PEER_ENV[kind]}); "
+                            f"without one, {kind} is skipped")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     if args.quick:
@@ -228,6 +245,8 @@ def snapshot_package(work_dir: str) -> tuple[str, str]:
 def probe(kind: str, exe: str, pythonpath: Optional[str] = None
           ) -> tuple[Optional[dict], Optional[str]]:
     """Versions from a peer's interpreter, or why it is unusable."""
+    if not exe:
+        return None, f"no interpreter given (--{kind}-python or ${PEER_ENV[kind]})"
     if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
         return None, f"no interpreter at {exe}"
     try:

@@ -10,7 +10,9 @@
     alloc_table_ptr .. EOF        allocation table, 24 bytes per region (ALLOC_ENTRY_DTYPE)
 
 All integers are little-endian.  Page numbers are absolute (``ptr >> log2(page_size)``).
-``../shared/reference/formats.md`` section A is the full description this module follows.
+``docs/format.md`` in the repository is the full description this module follows: every region,
+each field type's metadata, arguments and payload, how the allocation table is filled by FFCV's
+writer and by ours, and what the reader checks at open.
 """
 from __future__ import annotations
 

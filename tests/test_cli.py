@@ -1,5 +1,6 @@
 """The command line: demo end to end, inspect's report and dump, one-line errors."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -26,6 +27,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert sorted(reader.read(i, "label") for i in range(6)) == [0, 0, 0, 1, 1, 1]
 
 
+def _number(text: str) -> int:
+    """The first whole number in ``text`` (thousands separators allowed)."""
+    return int(re.search(r"\d[\d,]*", text).group(0).replace(",", ""))
+
+
 def test_inspect_reports_fields_sizes_and_histograms(small_folder, tmp_path, capsys):
     out_file = str(tmp_path / "t.beton")
     assert main(["write", "imagenet", "--data-dir", small_folder, "--out", out_file,
@@ -33,14 +39,33 @@ def test_inspect_reports_fields_sizes_and_histograms(small_folder, tmp_path, cap
     capsys.readouterr()
     assert main(["inspect", out_file]) == 0
     report = capsys.readouterr().out
-    assert "samples:     18" in report
-    assert "page size:   8,388,608 bytes" in report
-    assert f"size:        {os.path.getsize(out_file):,} bytes" in report
-    assert "'image' type 2 RGBImageField(write_mode='proportion', max_resolution=300" in report
-    assert "'label' type 1 IntField(): in metadata" in report
-    assert "mode: jpg" in report and "raw" in report
-    assert "longest side histogram" in report and "256-383" in report
-    assert "images were downscaled" in report
+    # "key: value" lines, however the columns are spaced
+    facts = {m.group(1): m.group(2)
+             for m in re.finditer(r"^\s*(\w[\w ]*?):\s+(.*)$", report, re.M)}
+    with Reader(out_file) as reader:
+        images = reader.metadata["f0"]
+        stored = [(int(w), int(h)) for w, h in zip(images["width"], images["height"])]
+        original = [reader.original_size(i, "image") for i in range(len(reader))]
+        assert _number(facts["samples"]) == len(reader) == 18
+        assert _number(facts["page size"]) == reader.page_size
+        assert _number(facts["metadata"]) == reader.metadata_dtype.itemsize
+    assert _number(facts["size"]) == os.path.getsize(out_file)
+    assert re.search(r"'image' type 2 RGBImageField\(write_mode='proportion', "
+                     r"max_resolution=300\b", report)
+    assert re.search(r"'label' type 1 IntField\(\): in metadata", report)
+    jpg, raw = (int(re.search(rf"\b{mode}\s+(\d+)", facts["mode"]).group(1))
+                for mode in ("jpg", "raw"))
+    assert (jpg, raw) == (int((images["mode"] == 0).sum()), int((images["mode"] == 1).sum()))
+    assert jpg > 0 and raw > 0
+    histogram = {(int(lo), int(hi)): int(count) for lo, hi, count in
+                 re.findall(r"^\s+(\d+)-(\d+)\s+(\d+)\s", report, re.M)}
+    longest = [max(size) for size in stored]
+    assert histogram and sum(histogram.values()) == len(longest)
+    for (lo, hi), count in histogram.items():
+        assert count == sum(lo <= side <= hi for side in longest), (lo, hi)
+    downscaled = sum(s != o for s, o in zip(stored, original))
+    assert downscaled > 0
+    assert int(re.search(r"(\d+) images were downscaled", report).group(1)) == downscaled
 
 
 def test_inspect_dump_writes_decoded_images(small_folder, tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 FFCV is not a dependency of fastdata (it needs a compiler, libturbojpeg and OpenCV to build), so
 these tests run only when ``FASTDATA_FFCV_PYTHON`` names a Python interpreter that can
-``import ffcv``; otherwise they are skipped.  Each test runs a helper script under that
+``import ffcv`` (``.ci/ffcv_venv.sh DIR`` builds one); otherwise they are skipped, or fail when
+``FASTDATA_REQUIRE_FFCV=1`` (as ``.ci/run`` sets it, so that CI never skips them).  Each test runs a helper script under that
 interpreter (it has ffcv, numpy, torch, cv2; not fastdata) and exchanges files through tmp_path:
 
 a. a file fastdata writes with every FFCV field type and edge values is read by FFCV's own Reader,
@@ -18,7 +19,7 @@ d. files with fastdata's own field types (label maps, reinforcement records, top
 
 Also: a rare FFCV file shape (an empty first value, recorded before the data pages) reads.
 
-The committed fixtures in ../shared/fixtures cover direction b offline; this is the live version.
+The committed fixtures in tests/fixtures cover direction b offline; this is the live version.
 """
 from __future__ import annotations
 
@@ -54,20 +55,30 @@ MAX_IDCT_DIFF = 10
 
 
 # -- running FFCV --------------------------------------------------------------------------------
+REQUIRE_ENV = "FASTDATA_REQUIRE_FFCV"
+
+
+def ffcv_unavailable(reason: str):
+    """Skip, or fail where FFCV must be there (``.ci/run`` sets FASTDATA_REQUIRE_FFCV=1)."""
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def ffcv_python() -> str:
     exe = os.environ.get(ENV)
     if not exe:
-        pytest.skip(f"live FFCV compatibility tests need {ENV}=<path to a python that can "
-                    f"`import ffcv`> (FFCV 1.0.2); not set")
+        ffcv_unavailable(f"live FFCV compatibility tests need {ENV}=<path to a python that can "
+                         f"`import ffcv`> (FFCV 1.0.2; .ci/ffcv_venv.sh DIR builds one); not set")
     if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
-        pytest.skip(f"{ENV}={exe} is not an executable file")
+        ffcv_unavailable(f"{ENV}={exe} is not an executable file")
     probe = subprocess.run(
         [exe, "-c", "import ffcv, importlib.metadata as m; print(m.version('ffcv'))"],
         capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip(f"{ENV}={exe} cannot import ffcv: {last}")
+        ffcv_unavailable(f"{ENV}={exe} cannot import ffcv: {last}")
     return exe
 
 

@@ -1,12 +1,11 @@
 """fastdata reads files written by FFCV 1.0.2 exactly, and lays out its own files the same way.
 
-The fixtures live in the shared folder beside the repository (../shared/fixtures) or wherever
-FASTDATA_FIXTURES points; the tests skip when neither holds them.
+The fixtures are committed in tests/fixtures/ (tests/fixtures/README.md says how FFCV wrote
+them), so these tests run in every checkout.
 """
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 
@@ -18,23 +17,7 @@ from fastdata import format as fmt
 from fastdata.ops.resize import size_within
 
 
-def _fixtures_dir() -> Path | None:
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / "fixtures"]
-    if os.environ.get("FASTDATA_FIXTURES"):
-        candidates.append(Path(os.environ["FASTDATA_FIXTURES"]))
-    for c in candidates:
-        if (c / "ffcv_all_fields.beton").is_file() and \
-                (c / "ffcv_images_proportion.beton").is_file():
-            return c
-    return None
-
-
-FIXTURES = _fixtures_dir()
-pytestmark = pytest.mark.skipif(
-    FIXTURES is None,
-    reason="FFCV fixtures not found in ../shared/fixtures beside the repository; set "
-           "FASTDATA_FIXTURES to the folder holding ffcv_all_fields.beton and "
-           "ffcv_images_proportion.beton")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 ALL_FIELDS_TYPES = ["FloatField", "IntField", "RGBImageField", "BytesField", "NDArrayField",
                     "JSONField", "TorchTensorField"]

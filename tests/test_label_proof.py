@@ -117,8 +117,14 @@ def _train_and_validate(train_path, val_path, relabel: bool) -> float:
 
 
 def test_crop_pooled_labels_beat_global_labels(files):
+    # One torch thread, so the loader's decoding threads do not compete with torch's pool;
+    # torch's setting is process-wide, so the tests that run after this one get theirs back.
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    global_accuracy = _train_and_validate(*files, relabel=False)
-    relabel_accuracy = _train_and_validate(*files, relabel=True)
+    try:
+        global_accuracy = _train_and_validate(*files, relabel=False)
+        relabel_accuracy = _train_and_validate(*files, relabel=True)
+    finally:
+        torch.set_num_threads(previous)
     assert relabel_accuracy >= 0.9, (relabel_accuracy, global_accuracy)
     assert relabel_accuracy >= global_accuracy + 0.15, (relabel_accuracy, global_accuracy)

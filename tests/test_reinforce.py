@@ -11,7 +11,6 @@ from fastdata.demo import synthetic_photo  # noqa: E402
 from fastdata.fields import TYPE_IDS, ReinforcementField  # noqa: E402
 from fastdata.fields.reinforce import UnsupportedAugmentation, record_dtype  # noqa: E402
 from fastdata.ops.replay import ReplayedCrop, ReplayTargets  # noqa: E402
-from fastdata.rng import OP_REPLAY, draws  # noqa: E402
 from fastdata.writers.reinforce import import_imagenet_plus, reinforce  # noqa: E402
 
 N, C, K, NS, OUT = 24, 12, 3, 4, 32
@@ -202,18 +201,40 @@ def _run_epoch(loader, epoch):
     return np.concatenate(images), np.concatenate(targets), np.concatenate(labels)
 
 
+def _chooser(path) -> ReplayedCrop:
+    """A ReplayedCrop bound to ``path`` as the loader binds it, to ask its choose()."""
+    reader = fastdata.Reader(path)
+    crop = ReplayedCrop(OUT)
+    crop.bind(reader, "image", reader.field_names.index("image"))
+    return crop
+
+
+def _chosen(crop: ReplayedCrop, seed: int, epoch: int, indices) -> np.ndarray:
+    ctx = fastdata.ops.BatchContext(indices=np.asarray(indices, dtype=np.int64), epoch=epoch,
+                                    seed=seed, slot=0)
+    return crop.choose(ctx)
+
+
 def test_choice_uniform_and_deterministic(reinforced):
     path, _, _ = reinforced
+    crop = _chooser(path)
     idx = np.arange(N, dtype=np.int64)
     counts = np.zeros(NS)
     choices = []
     for epoch in range(200):
-        c = np.minimum((draws(5, epoch, idx, OP_REPLAY, 0) * NS).astype(int), NS - 1)
+        c = _chosen(crop, 5, epoch, idx)
+        assert c.dtype == np.int64 and c.min() >= 0 and c.max() < NS
         counts += np.bincount(c, minlength=NS)
         choices.append(c)
     expected = 200 * N / NS
     assert np.all(np.abs(counts - expected) < 4 * np.sqrt(expected))
     assert not np.array_equal(choices[0], choices[1])
+    # a sample's choice depends on (seed, epoch, index) only: not on the rest of its batch
+    perm = np.random.default_rng(0).permutation(N)
+    assert np.array_equal(_chosen(crop, 5, 7, perm), choices[7][perm])
+    assert np.array_equal(_chosen(crop, 5, 7, perm[:3]), choices[7][perm[:3]])
+    assert np.array_equal(_chosen(_chooser(path), 5, 7, idx), choices[7])
+    assert not np.array_equal(_chosen(crop, 6, 7, idx), choices[7])
     a = _run_epoch(_loader(path, epoch_seed=5), 3)
     b = _run_epoch(_loader(path, epoch_seed=5), 3)
     c = _run_epoch(_loader(path, epoch_seed=5), 4)
@@ -236,7 +257,7 @@ def test_replay_reproduces_the_teachers_view_and_target(reinforced, mode):
     for epoch in (0, 1):
         images, targets, labels = _run_epoch(loader, epoch)
         order = _decode_order(loader, epoch)
-        choice = np.minimum((draws(7, epoch, order, OP_REPLAY, 0) * NS).astype(int), NS - 1)
+        choice = _chosen(_chooser(path), 7, epoch, order)
         assert np.array_equal(labels, [reader.read(int(i), "label") for i in order])
         for k, (i, j) in enumerate(zip(order, choice)):
             assert np.array_equal(images[k], seen[i, j]), (i, j)
@@ -272,7 +293,7 @@ def test_mixing_replay_matches_reference(reinforced):
     loader = _loader(path, epoch_seed=11)
     images, _, _ = _run_epoch(loader, 0)
     order = _decode_order(loader, 0)
-    choice = np.minimum((draws(11, 0, order, OP_REPLAY, 0) * NS).astype(int), NS - 1)
+    choice = _chosen(_chooser(path), 11, 0, order)
     # Each sample's and each partner's crop alone, through a loader over single-record files.
     solo = ReplayedCrop(OUT)
     solo.bind_image(reader, "image", 0)
@@ -307,6 +328,138 @@ def test_mixing_replay_matches_reference(reinforced):
         assert np.array_equal(images[k], ref.astype(np.uint8)), (i, j)
     solo.release_worker_state(state)
     assert (mixed > 0) == (kind == "mixed")
+
+
+# -- box mapping, against an independent reference ----------------------------------------------
+def _stored_box(box, original_hw, stored_hw) -> tuple[int, int, int, int]:
+    """(top, left, height, width) in stored pixels of ``box`` (same order) in original pixels.
+
+    Written apart from fastdata's map_boxes, in exact integer arithmetic: an edge e on an axis of
+    original length O and stored length S goes to round_half_up(e * S / O) = (2 e S + O) // (2 O);
+    then the box is kept inside the image and at least one pixel long."""
+    out = []
+    for start, length, o, st in ((box[0], box[2], original_hw[0], stored_hw[0]),
+                                 (box[1], box[3], original_hw[1], stored_hw[1])):
+        a = (2 * start * st + o) // (2 * o)
+        b = (2 * (start + length) * st + o) // (2 * o)
+        a = min(max(a, 0), st - 1)
+        b = min(max(b, a + 1), st)
+        out.append((a, b - a))
+    (top, height), (left, width) = out
+    return top, left, height, width
+
+
+def _box_mapping_to(rng, original_hw, stored_hw, target: int):
+    """A random box in original pixels whose stored box (by _stored_box) is target x target."""
+    box = []
+    for axis in (0, 1):
+        o, st = original_hw[axis], stored_hw[axis]
+        guess = round(target * o / st)
+        candidates = [(start, length) for start in range(o)
+                      for length in range(guess - 3, guess + 4) if 0 < length <= o - start]
+        rng.shuffle(candidates)
+        for start, length in candidates:
+            probe = (start, 0, length, 1) if axis == 0 else (0, start, 1, length)
+            if _stored_box(probe, original_hw, stored_hw)[2 + axis] == target:
+                box.append((start, length))
+                break
+        else:
+            raise AssertionError(f"no box of {original_hw} maps to {target} stored pixels")
+    (top, height), (left, width) = box
+    return top, left, height, width
+
+
+# (h, w) of noise images (a one-pixel shift changes every output pixel); MAX_RES shrinks most of
+# them by factors that are not whole numbers; one is stored as it is.
+BOX_SOURCES = [(210, 150), (150, 210), (97, 131), (64, 64), (301, 113), (120, 81)]
+MAX_RES = 100
+
+
+def _noise_file(path, rng):
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in BOX_SOURCES]
+    DatasetWriter(path, {"image": RGBImageField("raw", max_resolution=MAX_RES),
+                         "label": IntField()}, page_size=1 << 21, progress=False,
+                  ).from_indexed_dataset([(im, i % C) for i, im in enumerate(images)])
+    with fastdata.Reader(path) as reader:
+        stored = [reader.read(i, "image").shape[:2] for i in range(len(images))]
+    assert [s for s in stored if s != (64, 64)] and (64, 64) in stored
+    return images, stored
+
+
+def test_replay_crops_the_stored_box_an_independent_reference_gives(tmp_path):
+    """Boxes stored in original pixels land on the stored (shrunk) image where plain integer
+    arithmetic puts them: for boxes that map to exactly OUT x OUT stored pixels the replayed
+    image is that block of the stored pixels, flipped as recorded; a whole-image CutMix paste
+    shows the partner's block likewise; every reported box is the reference's."""
+    rng = np.random.default_rng(21)
+    images, stored = _noise_file(str(tmp_path / "sizes.beton"), rng)
+    images, stored = images * 4, stored * 4     # each source with four boxes
+    n = len(images)
+    boxes = [_box_mapping_to(rng, im.shape[:2], st, OUT) for im, st in zip(images, stored)]
+    flips = [i % 2 for i in range(n)]
+    pasted = {1: 2, 4: 0, 9: 15, 20: 7}    # sample -> partner whose block covers the output
+    records = []
+    for i in range(n):
+        rec = {"box": boxes[i], "flip": flips[i], "ids": np.arange(K), "probs": np.full(K, .3)}
+        if i in pasted:
+            p = pasted[i]
+            rec.update(partner=p, partner_box=boxes[p], partner_flip=not flips[p], cutmix=0.0,
+                       cutmix_box=(0, 0, OUT, OUT))
+        records.append([rec])
+    path = str(tmp_path / "boxes.beton")
+    DatasetWriter(path, {"image": RGBImageField("raw", max_resolution=MAX_RES),
+                         "reinforce": ReinforcementField(1, K, (OUT, OUT))}, page_size=1 << 21,
+                  progress=False).from_indexed_dataset(list(zip(images, records)))
+    reader = fastdata.Reader(path)
+    loader = Loader(path, batch_size=n, order="sequential", return_params=True,
+                    pipelines={"image": [ReplayedCrop(OUT)], "reinforce": None})
+    out, params = next(iter(loader))
+    out = out.numpy()
+
+    def block(i, flip):
+        t, l, h, w = _stored_box(boxes[i], images[i].shape[:2], stored[i])
+        assert (h, w) == (OUT, OUT)
+        pixels = reader.read(i, "image")[t:t + h, l:l + w]
+        return pixels[:, ::-1] if flip else pixels
+
+    for i in range(n):
+        ref = _stored_box(boxes[i], images[i].shape[:2], stored[i])
+        assert tuple(int(v) for v in params[i, :4]) == ref, i
+        if i in pasted:
+            p = pasted[i]
+            assert np.array_equal(out[i], block(p, not flips[p])), i
+        else:
+            assert np.array_equal(out[i], block(i, flips[i])), i
+
+
+def test_writer_shows_the_teacher_the_box_it_stores(tmp_path):
+    """The reinforce writer's teacher saw, for each stored record, torchvision's resized_crop of
+    the stored image over the box an independent reference maps the record's box to."""
+    from torchvision.transforms.v2 import functional as tvf
+    rng = np.random.default_rng(5)
+    plain_path = str(tmp_path / "plain.beton")
+    images, stored = _noise_file(plain_path, rng)
+    teacher = Teacher()
+    out = str(tmp_path / "reinforced.beton")
+    reinforce(plain_path, teacher, out, num_augs=NS, top_k=K, batch_size=4, device="cpu", seed=9,
+              output_size=OUT, num_workers=2, progress=False)
+    seen = torch.cat(teacher.seen)
+    seen = ((seen * STD + MEAN) * 255).round().clamp(0, 255).to(torch.uint8)
+    seen = seen.reshape(len(images), NS, 3, OUT, OUT)
+    reader = fastdata.Reader(out)
+    shrunk = 0
+    for i, image in enumerate(images):
+        full = torch.from_numpy(reader.read(i, "image")).permute(2, 0, 1)
+        for j, rec in enumerate(reader.read(i, "reinforce")):
+            top, left, h, w = _stored_box(tuple(int(v) for v in rec["box"]), image.shape[:2],
+                                          stored[i])
+            want = tvf.resized_crop(full, top, left, h, w, [OUT, OUT], antialias=True)
+            if rec["flip"]:
+                want = want.flip(-1)
+            diff = (seen[i, j].int() - want.int()).abs()
+            assert diff.max() <= 2 and diff.float().mean() < 0.5, (i, j, diff.max())
+            shrunk += stored[i] != image.shape[:2]
+    assert shrunk > 0
 
 
 # -- ImageNet+ import ----------------------------------------------------------------------------

@@ -272,12 +272,6 @@ def test_reader_checks_sizes_at_open_and_unknown_type_ids(tmp_path, beton):
         Reader(path)
 
 
-def test_ffcv_refuses_the_label_map_type(beton):
-    ffcv_reader = pytest.importorskip("ffcv.reader")
-    with pytest.raises(Exception):
-        ffcv_reader.Reader(beton)
-
-
 # -- the released map files ----------------------------------------------------------------------
 
 class Planted:
