@@ -257,20 +257,24 @@ def test_a_consumer_waiting_for_a_batch_wakes_when_another_thread_stops_the_epoc
     state = loader.state_dict()
     outcome = {}
 
+    taken = []
+
     def consume():
         try:
-            outcome["taken"] = sum(1 for _ in loader)
+            for batch in loader:
+                taken.append(batch)
+            outcome["taken"] = len(taken)
         except BaseException as err:        # noqa: BLE001 - reported by the assertion below
             outcome["error"] = err
 
     consumer = threading.Thread(target=consume, daemon=True)
     consumer.start()
     assert labels.reached.wait(WAIT_S)
-    for _ in range(WAIT_S * 100):           # until the consumer waits for batch 1
-        if _in_next(consumer):
+    for _ in range(WAIT_S * 100):           # until the consumer, holding batch 0, waits for 1
+        if len(taken) == 1 and _in_next(consumer):
             break
         consumer.join(0.01)
-    assert _in_next(consumer)
+    assert len(taken) == 1 and _in_next(consumer)
 
     stop = {"close": loader.close, "iter": lambda: iter(loader),
             "load_state_dict": lambda: loader.load_state_dict(state)}[stopper]
