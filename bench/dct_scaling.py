@@ -29,7 +29,7 @@ import torchvision.transforms.v2.functional as tvf
 
 from fastdata import Loader, Reader, RGBImageField
 from fastdata.ops import RandomHorizontalFlip, RandomResizedCrop, ToTensor, ToTorchImage
-from fastdata.ops.image_kernel import dct_denominator
+from fastdata.pixels.image_kernel import dct_denominator
 from labels import measure, warm_page_cache
 from writers import write_imagenet
 

@@ -15,7 +15,7 @@ import pytest
 
 import fastdata
 from fastdata import format as fmt
-from fastdata.ops.resize import size_within
+from fastdata.pixels.resize import size_within
 
 
 def _fixtures_dir() -> Path | None:

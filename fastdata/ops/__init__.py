@@ -6,10 +6,10 @@ BytesDecoder, JSONDecoder).  Batch ops: ``tensor`` (ToTensor, ToTorchImage, ToDe
 NormalizeImage, Squeeze, Convert), RandomHorizontalFlip, and label-aware ops: ``mix`` (Mixup with
 CutMix, OneHot with label smoothing), ``targets`` (TeacherTargets from stored top-k outputs),
 ``relabel`` (LabelMapPool: ReLabel soft labels pooled over each crop), ``replay`` (ReplayedCrop,
-ReplayTargets: dataset-reinforcement records replayed).  ``resize`` is the writer's
-max-resolution downscale; ``resample`` and ``image_kernel`` are the compiled pixel work.
+ReplayTargets: dataset-reinforcement records replayed).  The compiled pixel work (codecs,
+resampling, the CPU image kernel, mixing kernels) lives in ``fastdata.pixels``.
 
-Names are imported on first use, so the writer (which needs ``resize`` only) never imports torch.
+Names are imported on first use, so importing ``fastdata.ops`` does not import torch.
 """
 import importlib
 

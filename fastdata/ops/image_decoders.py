@@ -28,8 +28,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .. import jpeg, libturbojpeg
-from ..jpeg import JpegError
+from ..pixels import jpeg, libturbojpeg
+from ..pixels.jpeg import JpegError
 from ..fields import RGBImageField
 from ..fields.rgb_image import MODE_JPG
 from ..reader import SampleError
@@ -37,11 +37,11 @@ from ..rng import OP_CROP, OP_FLIP, draws
 from .base import BatchContext, BatchOp, Decoder, check_range
 from .crop_params import (center_crop_box, random_resized_crop_boxes,
                           torchvision_center_crop_boxes)
-from .image_kernel import (OPT_MAX_DENOM, OPT_WITHIN_BOX, STATUS_ERROR, STATUS_MISMATCH,
+from ..pixels.image_kernel import (OPT_MAX_DENOM, OPT_WITHIN_BOX, STATUS_ERROR, STATUS_MISMATCH,
                            STATUS_NEEDS_PYTHON, STATUS_NO_EOI, STATUS_WARNING, STATUS_ZERO_QUANT,
                            dct_denominator,
                            decode_kernel, resize_decoded)
-from .resample import scratch_size
+from ..pixels.resample import scratch_size
 
 DEFAULT_CROP_RATIO = 224 / 256
 _EMPTY = np.zeros(4, dtype=np.int64)      # an empty paste region

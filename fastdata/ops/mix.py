@@ -19,10 +19,8 @@ Differences from timm, all deliberate:
   key is the batch number (``batch`` mode) or the sample index (``elem`` mode; in ``pair`` mode
   the index of the pair's first member), and ``k`` numbers the decision (see the ``K_*``
   constants).  So a run mixes the same way whatever the thread count, and resuming mid-epoch
-  replays the same lambdas, methods and boxes.  Beta(a, a) is drawn as G1 / (G1 + G2) from two
-  Gamma(a) variates (Marsaglia & Tsang's method, with the ``U ** (1/a)`` boost for a < 1, in log
-  space so small alphas never give 0/0), from a bounded number of uniform draws per variate
-  (the fall-back after 32 rejections has probability below 1e-40).
+  replays the same lambdas, methods and boxes.  Beta(a, a) comes from ``rng.beta_draws``
+  (Marsaglia & Tsang's Gamma variates, a bounded number of uniform draws each).
 - uint8 images are mixed the way timm's ``FastCollateMixup`` mixes them: in float32, rounded
   half to even, back to uint8.  Float images (float32 / float16 / bfloat16) are mixed in their
   own dtype, as ``Mixup`` does.  CutMix copies pixels and works for any dtype.
@@ -59,14 +57,14 @@ Differences from timm, all deliberate:
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from numba import njit
 
-from ..rng import OP_MIX, OP_MIX_BATCH, draws, make_key, uniform
+from ..rng import OP_MIX, OP_MIX_BATCH, beta_draws, draws
+from ..pixels.mix import mix_pairs_float, mix_pairs_u8, move_patches, swap_boxes
 from .base import BatchContext, BatchOp
 
 # Draw numbers k of the OP_MIX stream of one key.  New decisions take new numbers; never renumber.
@@ -76,52 +74,10 @@ K_CY = 2           # box centre row (rand_bbox) / cut height (rand_bbox_minmax)
 K_CX = 3           # box centre column / cut width
 K_TOP = 4          # rand_bbox_minmax: top row
 K_LEFT = 5         # rand_bbox_minmax: left column
-K_BETA = 16        # first draw of the Beta variate: 2 Gamma variates of _GAMMA_SPAN draws each
+K_BETA = 16        # first draw of the Beta variate (rng.beta_draws: 2 * rng.GAMMA_SPAN draws)
 
-_ATTEMPTS = 32                       # Marsaglia-Tsang tries per Gamma variate (p(accept) > 0.95)
-_GAMMA_SPAN = 128                    # >= 1 + 3 * _ATTEMPTS draws reserved per Gamma variate
 MODES = ("batch", "pair", "elem")
 _CPU_CHUNK_PAIRS = 16                # pairs mixed at once on the CPU (bounds the float32 scratch)
-
-
-# -- random variates -----------------------------------------------------------------------------
-
-@njit(cache=True, nogil=True)
-def _log_gamma(key: np.uint64, k0: int, a: float) -> float:
-    """log of a Gamma(a, 1) variate from draws k0 .. k0 + 3 * _ATTEMPTS of stream ``key``."""
-    boost = 0.0
-    shape = a
-    if a < 1.0:        # Gamma(a) = Gamma(a + 1) * U ** (1 / a)
-        shape = a + 1.0
-        boost = math.log(1.0 - uniform(key, k0)) / a
-    d = shape - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    for t in range(_ATTEMPTS):
-        k = k0 + 1 + 3 * t
-        z = math.sqrt(-2.0 * math.log(1.0 - uniform(key, k))) * \
-            math.cos(2.0 * math.pi * uniform(key, k + 1))
-        v = 1.0 + c * z
-        if v <= 0.0:
-            continue
-        v = v * v * v
-        if math.log(1.0 - uniform(key, k + 2)) < 0.5 * z * z + d - d * v + d * math.log(v):
-            return math.log(d * v) + boost
-    return math.log(d) + boost
-
-
-@njit(cache=True, nogil=True)
-def beta_draws(seed: int, epoch: int, keys: np.ndarray, op: int, alphas: np.ndarray,
-               k0: int) -> np.ndarray:
-    """float64[n]: a Beta(alphas[i], alphas[i]) variate for each key (int64[n]), a pure function of
-    (seed, epoch, keys[i], op) using draws k0 .. k0 + 2 * _GAMMA_SPAN of that stream."""
-    out = np.empty(len(keys), dtype=np.float64)
-    for i in range(len(keys)):
-        key = make_key(seed, epoch, keys[i], op)
-        a = alphas[i]
-        g1 = _log_gamma(key, k0, a)
-        g2 = _log_gamma(key, k0 + _GAMMA_SPAN, a)
-        out[i] = 1.0 / (1.0 + math.exp(g2 - g1))
-    return out
 
 
 # -- targets -------------------------------------------------------------------------------------
@@ -260,50 +216,6 @@ def _nchw(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x if layout == "NCHW" else x.permute(0, 3, 1, 2)
 
 
-# -- pixel mixing: row i with row B-1-i, both read before either is written ----------------------
-
-@njit(cache=True, nogil=True)
-def _mix_u8(flat: np.ndarray, lam: np.ndarray, rest: np.ndarray, rows: np.ndarray) -> None:
-    """uint8 rows: rint(float32(x_i) * lam_i + float32(x_j) * rest_i) (FastCollateMixup)."""
-    size, n = flat.shape
-    for i in range(size // 2):
-        j = size - 1 - i
-        li, ri, lj, rj = lam[i], rest[i], lam[j], rest[j]
-        a, b = flat[i], flat[j]
-        if rows[i] and rows[j]:
-            for k in range(n):
-                u, w = np.float32(a[k]), np.float32(b[k])
-                a[k] = np.uint8(np.rint(u * li + w * ri))
-                b[k] = np.uint8(np.rint(w * lj + u * rj))
-        elif rows[i]:
-            for k in range(n):
-                a[k] = np.uint8(np.rint(np.float32(a[k]) * li + np.float32(b[k]) * ri))
-        elif rows[j]:
-            for k in range(n):
-                b[k] = np.uint8(np.rint(np.float32(b[k]) * lj + np.float32(a[k]) * rj))
-
-
-@njit(cache=True, nogil=True)
-def _mix_float(flat: np.ndarray, lam: np.ndarray, rest: np.ndarray, rows: np.ndarray) -> None:
-    """float rows, in their own dtype: x_i * lam_i + x_j * rest_i (Mixup)."""
-    size, n = flat.shape
-    for i in range(size // 2):
-        j = size - 1 - i
-        li, ri, lj, rj = lam[i], rest[i], lam[j], rest[j]
-        a, b = flat[i], flat[j]
-        if rows[i] and rows[j]:
-            for k in range(n):
-                u, w = a[k], b[k]
-                a[k] = u * li + w * ri
-                b[k] = w * lj + u * rj
-        elif rows[i]:
-            for k in range(n):
-                a[k] = a[k] * li + b[k] * ri
-        elif rows[j]:
-            for k in range(n):
-                b[k] = b[k] * lj + a[k] * rj
-
-
 def _lam_rest(lam: Any, size: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Per-row (lam, 1 - lam) in the arithmetic's dtype: a batch lambda is a Python float, its
     1 - lam computed in float64 (timm's ``mul_(1. - lam)``); per-row lambdas are float32 and
@@ -328,77 +240,6 @@ def _rows_flat(v: torch.Tensor) -> Optional[torch.Tensor]:
 
 
 _NUMBA_DTYPES = (torch.uint8, torch.float32, torch.float64)
-
-
-@njit(cache=True, nogil=True)
-def _move_patches(img: np.ndarray, rows: np.ndarray, sources: np.ndarray, boxes: np.ndarray,
-                  patches: np.ndarray, offsets: np.ndarray, take: bool) -> None:
-    """take: patches[offsets[t]:offsets[t + 1]] = img[sources[t]] over the box of row rows[t];
-    else paste each patch into img[rows[t]] over the same box.  img is [B, H, W, C]."""
-    channels = img.shape[3]
-    for t in range(len(rows)):
-        i = rows[t]
-        k = sources[t] if take else i
-        y0, y1, x0, x1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-        o = offsets[t]
-        for y in range(y0, y1):
-            for x in range(x0, x1):
-                for c in range(channels):
-                    if take:
-                        patches[o] = img[k, y, x, c]
-                    else:
-                        img[k, y, x, c] = patches[o]
-                    o += 1
-
-
-@njit(cache=True, nogil=True)
-def _move_patches_dense(flat: np.ndarray, shape: np.ndarray, rows: np.ndarray,
-                        sources: np.ndarray, boxes: np.ndarray, patches: np.ndarray,
-                        offsets: np.ndarray, take: bool) -> None:
-    """_move_patches for a C-contiguous [B, H, W, C] batch seen as 1-d: a box row is one run."""
-    height, width, channels = shape[1], shape[2], shape[3]
-    for t in range(len(rows)):
-        i = rows[t]
-        k = sources[t] if take else i
-        y0, y1, x0, x1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-        run = (x1 - x0) * channels
-        o = offsets[t]
-        for y in range(y0, y1):
-            base = ((k * height + y) * width + x0) * channels
-            if take:                 # slice copies: Numba lowers them to memcpy-speed loops
-                patches[o:o + run] = flat[base:base + run]
-            else:
-                flat[base:base + run] = patches[o:o + run]
-            o += run
-
-
-@njit(cache=True, nogil=True)
-def _swap_boxes(flat: np.ndarray, shape: np.ndarray, firsts: np.ndarray, boxes: np.ndarray,
-                tmp: np.ndarray) -> None:
-    """CutMix for partners i and B-1-i sharing one box (batch and pair modes): swap the two box
-    regions in place, a row-run at a time through ``tmp`` (which stays in cache), instead of
-    copying every patch out and back: half the memory traffic."""
-    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
-    for t in range(len(firsts)):
-        i = firsts[t]
-        j = batch - 1 - i
-        y0, y1, x0, x1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-        run = (x1 - x0) * channels
-        for y in range(y0, y1):
-            a = ((i * height + y) * width + x0) * channels
-            b = ((j * height + y) * width + x0) * channels
-            tmp[:run] = flat[a:a + run]
-            flat[a:a + run] = flat[b:b + run]
-            flat[b:b + run] = tmp[:run]
-
-
-def _patches(nhwc: np.ndarray, rows: np.ndarray, sources: np.ndarray, boxes: np.ndarray,
-             patches: np.ndarray, offsets: np.ndarray, take: bool) -> None:
-    if nhwc.flags.c_contiguous:
-        _move_patches_dense(nhwc.reshape(-1), np.array(nhwc.shape, dtype=np.int64), rows,
-                            sources, boxes, patches, offsets, take)
-    else:
-        _move_patches(nhwc, rows, sources, boxes, patches, offsets, take)
 
 
 def _mixup_torch(v: torch.Tensor, lam: Any, rows: np.ndarray) -> None:
@@ -677,8 +518,8 @@ class Mixup(BatchOp):
                 # pairs, so the order of the two steps does not matter.
                 firsts = cut_rows[cut_rows < len(nhwc) - 1 - cut_rows]
                 tmp = np.empty(nhwc.shape[2] * nhwc.shape[3], dtype=nhwc.dtype)
-                _swap_boxes(nhwc.reshape(-1), np.array(nhwc.shape, dtype=np.int64), firsts,
-                            boxes, tmp)
+                swap_boxes(nhwc.reshape(-1), np.array(nhwc.shape, dtype=np.int64), firsts,
+                           boxes, tmp)
                 cut_rows = cut_rows[:0]
             # Compiled: take every patch from its partner, mix, then paste.
             if len(cut_rows):
@@ -686,14 +527,14 @@ class Mixup(BatchOp):
                     (boxes[cut_rows, 3] - boxes[cut_rows, 2]) * nhwc.shape[3]
                 offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
                 patches = np.empty(int(offsets[-1]), dtype=nhwc.dtype)
-                _patches(nhwc, cut_rows, p["partner"][cut_rows], boxes, patches, offsets, True)
+                move_patches(nhwc, cut_rows, p["partner"][cut_rows], boxes, patches, offsets, True)
             if mix_rows.any():
                 arr = flat.numpy()
-                kernel = _mix_u8 if v.dtype == torch.uint8 else _mix_float
+                kernel = mix_pairs_u8 if v.dtype == torch.uint8 else mix_pairs_float
                 dtype = np.dtype(np.float32) if v.dtype == torch.uint8 else arr.dtype
                 kernel(arr, *_lam_rest(lam, len(arr), dtype), mix_rows)
             if len(cut_rows):
-                _patches(nhwc, cut_rows, cut_rows, boxes, patches, offsets, False)
+                move_patches(nhwc, cut_rows, cut_rows, boxes, patches, offsets, False)
             return
         if self.mode == "batch" and cut[0]:
             if len(cut_rows):

@@ -28,16 +28,14 @@ import weakref
 from typing import Any, Optional
 
 import numpy as np
-from numba import njit
 
-from .. import libturbojpeg
 from ..fields.reinforce import ReinforcementField, first_bad_record
-from ..reader import SampleError
+from ..pixels.image_kernel import (OPT_MAX_DENOM, OPT_WITHIN_BOX, STATUS_NEEDS_PYTHON,
+                                   dct_denominator, resize_decoded)
+from ..pixels.mix import mix_range
 from ..rng import OP_REPLAY, draws
 from .base import BatchContext, Decoder
 from .image_decoders import ImageDecoder, RandomHorizontalFlip, no_paste
-from .image_kernel import (OPT_MAX_DENOM, OPT_WITHIN_BOX, STATUS_NEEDS_PYTHON, dct_denominator,
-                           resize_decoded)
 from .targets import _MODE_IDS, DENSIFY_MODES, densify
 
 _SUMMARIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -121,36 +119,6 @@ def map_boxes(boxes: np.ndarray, original: np.ndarray, stored: np.ndarray) -> np
     right = np.clip(right, left + 1, stored[:, 1])
     return np.ascontiguousarray(np.stack([top, left, bottom - top, right - left], axis=1)
                                 .astype(np.int64))
-
-
-@njit(cache=True, nogil=True)
-def mix_range(out: np.ndarray, partner: np.ndarray, positions: np.ndarray, mixup: np.ndarray,
-              cutmix: np.ndarray, cut_boxes: np.ndarray) -> None:
-    """For m in range(len(positions)): mix partner[m] into out[positions[m]]: mixup
-    (floor(lam x + (1 - lam) x2 + 0.5), float64) when mixup[m] is not NaN, then cutmix (rows
-    r1:r2, columns c1:c2 copied) when cutmix[m] is not NaN.  out and partner are C-contiguous
-    [n, H, W, 3] uint8."""
-    for m in range(len(positions)):
-        dst = out[positions[m]]
-        src = partner[m]
-        lam = mixup[m]
-        if not np.isnan(lam):
-            _blend(dst.reshape(-1), src.reshape(-1), lam, 1.0 - lam)
-        if not np.isnan(cutmix[m]):
-            row = dst.shape[1] * 3
-            a, b = cut_boxes[m, 1] * 3, cut_boxes[m, 3] * 3
-            flat_dst, flat_src = dst.reshape(-1), src.reshape(-1)
-            for y in range(cut_boxes[m, 0], cut_boxes[m, 2]):
-                flat_dst[y * row + a:y * row + b] = flat_src[y * row + a:y * row + b]
-
-
-@njit(cache=True, nogil=True)
-def _blend(dst: np.ndarray, src: np.ndarray, lam: float, rest: float) -> None:
-    """dst = floor(lam * dst + rest * src + 0.5) in float64, over flat uint8 arrays: one flat
-    loop with unsigned indices, which vectorises (nested y, x, c loops ran 7x slower)."""
-    for t in range(np.uint64(dst.shape[0])):
-        v = lam * np.float64(dst[t]) + rest * np.float64(src[t])
-        dst[t] = np.uint8(np.floor(v + 0.5))
 
 
 class ReplayedCrop(ImageDecoder):
