@@ -449,3 +449,77 @@ def test_decoders_of_the_other_field_types(tmp_path):
     assert metas == [{"i": i, "s": "é"} for i in range(5)]
     with pytest.raises(TypeError, match="JSONDecoder cannot decode field 'label'"):
         Loader(path, batch_size=5, pipelines={"label": [JSONDecoder()]})
+
+
+# -- the decoder seam ----------------------------------------------------------------------------
+
+def test_image_backend_is_chosen_on_the_op(beton):
+    from fastdata.ops import CPUBackend
+    with pytest.raises(ValueError, match="unknown image backend 'gpu'; known: cpu"):
+        RandomResizedCrop(32, backend="gpu")
+    decoder = RandomResizedCrop(32, backend="cpu", use_libturbojpeg=False)
+    assert isinstance(decoder.backend, CPUBackend) and not decoder.backend.use_libturbojpeg
+    assert decoder.device == "cpu"
+    given = CPUBackend()
+    assert CenterCrop(32, backend=given).backend is given
+    loader = Loader(beton, batch_size=8, pipelines={
+        "image": [RandomResizedCrop(32, backend="cpu"), ToTensor()], "label": None})
+    (images,) = next(iter(loader))
+    assert images.shape == (8, 32, 32, 3)
+
+
+def test_default_decoders_come_from_the_registry():
+    """Each field type's default decoder is the one its decoder class registers (the table
+    FFCV keeps on its fields); a subclass of a field type gets its parent's."""
+    from fastdata import (BytesField, FloatField, JSONField, LabelMapField, NDArrayField,
+                          ReinforcementField, TopKField, TorchTensorField)
+    from fastdata.ops import (BytesDecoder, FloatDecoder, JSONDecoder, LabelMapDecoder,
+                              NDArrayDecoder, ReplayTargets, SimpleRGBImageDecoder,
+                              TeacherTargets)
+    from fastdata.ops.base import default_decoder
+    expected = {RGBImageField: SimpleRGBImageDecoder, IntField: IntDecoder,
+                FloatField: FloatDecoder, JSONField: JSONDecoder, BytesField: BytesDecoder,
+                NDArrayField: NDArrayDecoder, TorchTensorField: NDArrayDecoder,
+                LabelMapField: LabelMapDecoder, TopKField: TeacherTargets,
+                ReinforcementField: ReplayTargets}
+    for field_type, decoder_type in expected.items():
+        assert type(default_decoder(object.__new__(field_type))) is decoder_type, field_type
+
+    class MyIntField(IntField):
+        pass
+    assert type(default_decoder(object.__new__(MyIntField))) is IntDecoder
+    with pytest.raises(TypeError, match="no default decoder for str"):
+        default_decoder("not a field")
+
+
+def test_decoders_that_read_other_crops_prepare_after_them(beton):
+    """A decoder that declares ``reads`` prepares after the decoders of those fields, wherever
+    its pipeline is listed; a cycle is refused when the Loader is made."""
+    from fastdata.ops.base import Decoder
+
+    class CropHeights(Decoder):
+        """The crop heights of field ``image`` as a [B, 1] float64 output."""
+        def __init__(self, image):
+            self.image = image
+
+        @property
+        def reads(self):
+            return (self.image,)
+
+        def sample_shape(self, batch_size):
+            return (1,), np.float64
+
+        def prepare(self, ctx, out):
+            out[:len(ctx.indices), 0] = ctx.crops[self.image].boxes[0, :, 2]
+
+    loader = Loader(beton, batch_size=8, return_params=True, pipelines={
+        "label": [CropHeights("image")], "image": [RandomResizedCrop(32)]})
+    heights, images, params = next(iter(loader))
+    assert torch.equal(heights[:, 0], params[:, 2])
+
+    class Loop(CropHeights):
+        def bind(self, reader, name, field_index):
+            Decoder.bind(self, reader, name, field_index)
+    with pytest.raises(ValueError, match="cycle"):
+        Loader(beton, batch_size=8, pipelines={"label": [Loop("image")],
+                                               "image": [Loop("label")]})
