@@ -34,6 +34,7 @@ from ..pixels.image_kernel import (OPT_MAX_DENOM, OPT_WITHIN_BOX, STATUS_ERROR,
 from ..pixels.jpeg import JpegError
 from ..pixels.resample import scratch_size
 from ..reader import SampleError
+from .base import host_array
 from .crops import CropParams
 
 _EMPTY = np.zeros(4, dtype=np.int64)      # an empty paste region
@@ -101,7 +102,7 @@ class ImageBackend:
     def allocate(self, batch_size: int, ring_size: int, pin: bool) -> list[tuple]:
         """Per ring slot, a tuple of one output array per view (uint8 [batch_size, h, w, 3]).
         pin: page-locked host memory (the batches go to a GPU afterwards)."""
-        rings = [_host_ring((ring_size, batch_size, h, w, 3), np.uint8, pin)
+        rings = [host_array((ring_size, batch_size, h, w, 3), np.uint8, pin)
                  for h, w in self.output_sizes]
         return [tuple(ring[s] for ring in rings) for s in range(ring_size)]
 
@@ -119,14 +120,6 @@ class ImageBackend:
         v goes to outs[v][k].  A bad sample raises SampleError; ``describe(k)`` adds to the
         message of position k (e.g. " (mixing partner of sample 12)")."""
         raise NotImplementedError
-
-
-def _host_ring(full: tuple, dtype: Any, pin: bool) -> np.ndarray:
-    if pin:
-        import torch
-        torch_dtype = torch.from_numpy(np.zeros(0, dtype)).dtype
-        return torch.empty(full, dtype=torch_dtype, pin_memory=True).numpy()
-    return np.empty(full, dtype=dtype)
 
 
 class CPUBackend(ImageBackend):

@@ -139,13 +139,7 @@ class Decoder(Operation):
         shape, dtype = self.sample_shape(batch_size)
         if shape is None:
             return [[None] * batch_size for _ in range(ring_size)]
-        full = (ring_size, batch_size, *shape)
-        if pin:
-            import torch
-            torch_dtype = torch.from_numpy(np.zeros(0, dtype)).dtype
-            array = torch.empty(full, dtype=torch_dtype, pin_memory=True).numpy()
-        else:
-            array = np.empty(full, dtype=dtype)
+        array = host_array((ring_size, batch_size, *shape), dtype, pin)
         return [array[s] for s in range(ring_size)]
 
     def prepare(self, ctx: BatchContext, out: np.ndarray) -> None:
@@ -189,6 +183,15 @@ class BatchOp(Operation):
 
     def __call__(self, batch: Any, ctx: BatchContext) -> Any:
         raise NotImplementedError
+
+
+def host_array(shape: tuple, dtype: Any, pin: bool) -> np.ndarray:
+    """An uninitialised host array; ``pin``: in page-locked memory (for copies to a GPU)."""
+    if pin:
+        import torch
+        torch_dtype = torch.from_numpy(np.zeros(0, dtype)).dtype
+        return torch.empty(shape, dtype=torch_dtype, pin_memory=True).numpy()
+    return np.empty(shape, dtype=dtype)
 
 
 def check_range(name: str, pair: tuple[float, float], low: float = 0.0) -> tuple[float, float]:

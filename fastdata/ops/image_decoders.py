@@ -68,20 +68,6 @@ class RandomHorizontalFlip(BatchOp):
         return torch.where(flips, batch.flip(width_dim), batch)
 
 
-def no_paste(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The kernel's (order, paste_to, paste_boxes) for n positions decoded in order that paste
-    nothing."""
-    plan = PastePlan.none(n)
-    return plan.order, plan.paste_to, plan.boxes
-
-
-def paste_plan(paste_to: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                                  np.ndarray]:
-    """(order, paste_to, paste_boxes) of PastePlan.between (kept for callers of the tuple)."""
-    plan = PastePlan.between(paste_to, boxes)
-    return plan.order, plan.paste_to, plan.boxes
-
-
 class ImageDecoder(Decoder):
     """Base of the image decoders: a sampler that draws each batch's ``CropParams`` and an
     ``ImageBackend`` that decodes them; output ``output_size`` (height, width) uint8 RGB.
@@ -254,6 +240,7 @@ class SimpleRGBImageDecoder(ImageDecoder):
                             f"has several: use RandomResizedCrop or CenterCrop")
         self.output_size = (int(self.heights[0]), int(self.widths[0])) if len(self.heights) \
             else (1, 1)
+        self.setup_backend(getattr(self, "batch_size", 1))     # now that the size is known
 
     def boxes(self, ctx, heights, widths):
         n = len(heights)
