@@ -29,7 +29,7 @@ import torchvision.transforms.v2.functional as tvf
 
 from fastdata import Loader, Reader, RGBImageField
 from fastdata.ops import RandomHorizontalFlip, RandomResizedCrop, ToTensor, ToTorchImage
-from fastdata.ops.image_kernel import dct_denominator
+from fastdata.pixels.image_kernel import dct_denominator
 from labels import measure, warm_page_cache
 from fastdata.writers import write_imagenet
 
@@ -97,8 +97,8 @@ def main() -> int:
     print(f"{args.images} images, all JPEG (max side 500, q90), {args.threads} threads, "
           f"{args.repeat} interleaved rounds of {args.seconds:.0f} s, median img/s; pixels vs "
           f"torchvision resized_crop on the full decode, {args.compare} samples")
-    print(f"| size | DCT scaling | img/s | vs off | scaled samples | mean diff | >2 levels "
-          f"| max |")
+    print("| size | DCT scaling | img/s | vs off | scaled samples | mean diff | >2 levels "
+          "| max |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for size in sizes:
         off = statistics.median(rates[size, False])

@@ -23,7 +23,8 @@ import tempfile
 
 import numpy as np
 
-from fastdata import Loader, RGBImageField, libturbojpeg
+from fastdata import Loader, RGBImageField
+from fastdata.pixels import libturbojpeg
 from fastdata.ops import RandomHorizontalFlip, RandomResizedCrop, ToTensor, ToTorchImage
 from labels import measure, warm_page_cache
 from fastdata.writers import write_imagenet

@@ -2,7 +2,8 @@
 
 The pieces: ``format`` (the on-disk layout), ``fields`` (one module per field type),
 ``writer.DatasetWriter`` (parallel, atomic writes), ``reader.Reader`` (validated random access),
-``jpeg`` (the codec), ``images`` (turning any image file into RGB) and ``cli`` (the command line).
+``pixels`` (codecs and pixel kernels: jpeg, images, resampling), ``loader.Loader`` and ``ops``
+(the pipeline steps) and ``cli`` (the command line).
 """
 from .fields import (BytesField, Field, FloatField, IntField, JSONField, LabelMapField,
                      NDArrayField, ReinforcementField, RGBImageField, TopKField,

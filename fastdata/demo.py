@@ -13,7 +13,7 @@ import time
 import cv2
 import numpy as np
 
-from . import jpeg
+from .pixels import jpeg
 from .reader import Reader
 
 

@@ -25,17 +25,14 @@ import os
 import queue
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from .fields import (BytesField, FloatField, IntField, JSONField, NDArrayField, RGBImageField)
-from .ops.base import BatchContext, BatchOp, Decoder
-from .ops.decoders import BytesDecoder, FloatDecoder, IntDecoder, JSONDecoder, NDArrayDecoder
-from .ops.image_decoders import ImageDecoder, SimpleRGBImageDecoder
-from .ops.tensor import ToDevice, ToTensor
+from .ops.base import BatchContext, BatchOp, Decoder, default_decoder
+from .ops.tensor import ToTensor
 from .order import OrderOption, as_order, epoch_order, shard
 from .reader import Reader, SampleError
 from .rng import OP_SKIP, draw
@@ -59,22 +56,6 @@ class SkippedSample(NamedTuple):
     position: int       # the row of the batch it was in
 
 
-def default_decoder(field: Any) -> Decoder:
-    """FFCV's default decoder for a field type (and ours for fastdata's own types)."""
-    from .fields import LabelMapField, ReinforcementField, TopKField
-    from .ops.relabel import LabelMapDecoder
-    from .ops.replay import ReplayTargets
-    from .ops.targets import TeacherTargets
-    for types, decoder in ((RGBImageField, SimpleRGBImageDecoder), (IntField, IntDecoder),
-                           (FloatField, FloatDecoder), (JSONField, JSONDecoder),
-                           (BytesField, BytesDecoder), (NDArrayField, NDArrayDecoder),
-                           (LabelMapField, LabelMapDecoder), (TopKField, TeacherTargets),
-                           (ReinforcementField, ReplayTargets)):
-        if isinstance(field, types):
-            return decoder()
-    raise TypeError(f"no default decoder for {type(field).__name__}: give a pipeline")
-
-
 @dataclass
 class _Pipeline:
     name: str
@@ -86,30 +67,10 @@ class _Slots:
     """The ring: for each pipeline, ring_size preallocated decoder output batches."""
 
     def __init__(self, pipelines: list[_Pipeline], batch_size: int, ring_size: int, pin: bool):
-        # buffers[k][slot]: pipeline k's output array in that slot (a tuple of arrays for a
-        # decoder with several views, a list for JSON documents).
-        self.buffers: list[list[Any]] = []
-        for p in pipelines:
-            spec = p.decoder.sample_shape(batch_size)
-            if isinstance(spec, list):
-                per_view = [self._ring(shape, dtype, batch_size, ring_size, pin)
-                            for shape, dtype in spec]
-                self.buffers.append([tuple(ring[s] for ring in per_view)
-                                     for s in range(ring_size)])
-            else:
-                self.buffers.append(self._ring(*spec, batch_size, ring_size, pin))
-
-    @staticmethod
-    def _ring(shape, dtype, batch_size: int, ring_size: int, pin: bool) -> list:
-        if shape is None:
-            return [[None] * batch_size for _ in range(ring_size)]
-        full = (ring_size, batch_size, *shape)
-        if pin:
-            torch_dtype = torch.from_numpy(np.zeros(0, dtype)).dtype
-            array = torch.empty(full, dtype=torch_dtype, pin_memory=True).numpy()
-        else:
-            array = np.empty(full, dtype=dtype)
-        return [array[s] for s in range(ring_size)]
+        # buffers[k][slot]: pipeline k's output in that slot (a tuple of arrays for a decoder
+        # with several views, a list for JSON documents), allocated by its decoder.
+        self.buffers: list[list[Any]] = [p.decoder.allocate(batch_size, ring_size, pin)
+                                         for p in pipelines]
 
 
 class Loader:
@@ -197,7 +158,8 @@ class Loader:
         # Output names in tuple order (a multi-view pipeline gives name, name_1, name_2, ...).
         self.pipeline_names = tuple(
             p.name if v == 0 else f"{p.name}_{v}" for p in self.pipelines
-            for v in range(len(p.decoder.views) if isinstance(p.decoder, ImageDecoder) else 1))
+            for v in range(p.decoder.output_count))
+        self._prepare_order = self._order_by_reads()
         # batches_ahead queued + one held by the training loop + one finishing its batch ops +
         # one decoding: the batch ops of one batch overlap the decoding of the next.
         self.ring_size = self.batches_ahead + 3
@@ -208,7 +170,7 @@ class Loader:
             if hasattr(op, "setup"):
                 op.setup(self.ring_size)
         self._pre_decode = self._pre_decode_ops()
-        self._needs_cuda = any(isinstance(op, ToDevice) and op.device.type == "cuda"
+        self._needs_cuda = any(getattr(op, "target_device", None) == "cuda"
                                for p in self.pipelines for op in p.ops)
         self._slots: Optional[_Slots] = None
         self._next_epoch = 0      # what a plain iter() starts, like FFCV: one epoch per iter()
@@ -245,29 +207,50 @@ class Loader:
             if not steps or not isinstance(steps[0], Decoder):
                 steps.insert(0, default_decoder(self.reader.fields[name]))
             decoder, ops = steps[0], steps[1:]
-            ops = decoder.absorb(ops) if isinstance(decoder, ImageDecoder) else ops
             for op in ops:
                 if not isinstance(op, BatchOp):
                     raise TypeError(f"pipeline {name!r}: {op!r} is not a batch op; only its first "
                                     f"step may be a decoder")
-                op.pipeline = name      # which field's params an op may update (e.g. flips)
+            ops = list(decoder.absorb(ops))
             if not ops or not isinstance(ops[0], ToTensor):
                 ops.insert(0, ToTensor())
             decoder.bind(self.reader, name, field_index)
-            decoder.batch_size = self.batch_size
+            decoder.setup_backend(self.batch_size)
             pipelines.append(_Pipeline(name, decoder, ops))
         if not pipelines:
             raise ValueError("every field's pipeline is None: nothing to load")
         return pipelines
+
+    def _order_by_reads(self) -> list[int]:
+        """Pipeline positions in the order their decoders prepare a batch: each after the
+        decoders of the fields it ``reads`` (their crops), otherwise in pipeline order."""
+        position = {p.name: k for k, p in enumerate(self.pipelines)}
+        order: list[int] = []
+        state: dict[int, str] = {}
+
+        def visit(k: int) -> None:
+            if state.get(k) == "done":
+                return
+            if state.get(k) == "visiting":
+                raise ValueError(f"pipelines read each other's crops in a cycle through "
+                                 f"{self.pipelines[k].name!r}")
+            state[k] = "visiting"
+            for name in self.pipelines[k].decoder.reads:
+                if name in position:      # a field left out is reported by the decoder
+                    visit(position[name])
+            state[k] = "done"
+            order.append(k)
+        for k in range(len(self.pipelines)):
+            visit(k)
+        return order
 
     def _pre_decode_ops(self) -> list[tuple[Any, dict[str, tuple[int, int]]]]:
         """(batch op, image outputs it may paste into while decoding) for each batch op that
         plans before decoding.  An output qualifies when a single-view image decoder that can
         paste makes it and only position-independent steps (its pipeline's ops, the batch ops
         before this one) come between: moving pixels then commutes with all of them."""
-        images = {p.name: p.decoder.output_size for p in self.pipelines
-                  if isinstance(p.decoder, ImageDecoder) and p.decoder.supports_paste
-                  and len(p.decoder.views) == 1
+        images = {p.name: p.decoder.paste_size() for p in self.pipelines
+                  if p.decoder.paste_size() is not None
                   and all(getattr(op, "position_independent", False) for op in p.ops)}
         plan = []
         for op in self.batch_ops:
@@ -628,9 +611,8 @@ class _Producer:
         for op, images in loader._pre_decode:    # e.g. CutMix: drawn now, pasted while decoding
             op.before_decode(ctx, images)
         tasks = []
-        # Image decoders draw their boxes first: other fields' decoders may read them.
-        for k in sorted(range(len(loader.pipelines)),
-                        key=lambda k: not isinstance(loader.pipelines[k].decoder, ImageDecoder)):
+        # Decoders that read another field's crops prepare after that field's decoder.
+        for k in loader._prepare_order:
             p = loader.pipelines[k]
             p.decoder.prepare(ctx, outs[k])
             if p.decoder.parallel:
@@ -669,17 +651,17 @@ class _Producer:
         with (torch.cuda.stream(self.stream) if self.stream is not None else _null()):
             for k, p in enumerate(loader.pipelines):
                 values = outs[k] if isinstance(outs[k], tuple) else (outs[k],)
-                for value in values:          # one per view
+                for v, value in enumerate(values):          # one per view
+                    view_ctx = replace(ctx, view=v) if v else ctx
                     value = value[:n]
                     for op in p.ops:
-                        value = op(value, ctx)
+                        value = op(value, view_ctx)
                     results.append(value)
             for op in loader.batch_ops:
                 results = list(op(tuple(results), ctx))
             if loader.return_params:
                 for p in loader.pipelines:
-                    if isinstance(p.decoder, ImageDecoder):
-                        results += [torch.from_numpy(r) for r in p.decoder.params_record(ctx)]
+                    results += [torch.from_numpy(r) for r in p.decoder.params_record(ctx)]
             ready = None
             if self.stream is not None:
                 ready = torch.cuda.Event()

@@ -38,3 +38,35 @@ def imagenet_loader(path: str, train: bool = True, resolution: int = 224, batch_
     return Loader(path, batch_size=batch_size, num_workers=num_workers, order=order, seed=seed,
                   distributed=distributed, pipelines={"image": image, "label": label},
                   drop_last=train, batches_ahead=batches_ahead, **loader_kwargs)
+
+
+def relabel_cutmix(num_classes: int = 1000, resolution: int = 224, image: str = "image",
+                   relabel: str = "relabel", cutmix_alpha: float = 1.0,
+                   mixup_alpha: float = 0.0, label_smoothing: float = 0.0,
+                   region_labels: bool = True, **mixup_options: Any
+                   ) -> tuple[dict[str, list], list]:
+    """ReLabel soft labels with CutMix, wired once: ``(pipelines, batch_ops)`` for a Loader.
+
+    pipelines: ``image`` -> RandomResizedCrop(resolution) + RandomHorizontalFlip, uint8
+    [B, 3, H, W]; ``relabel`` -> LabelMapPool(image, num_classes): float32 [B, num_classes]
+    targets pooled over each crop.  batch_ops: a Mixup that mixes those targets
+    (``label=relabel``) by the corrected CutMix area; with ``region_labels`` (default) the pasted
+    region is labelled from the partner's own map pooled over that region
+    (``region_target=`` the pipeline's LabelMapPool), else by the partner's whole-crop target.
+    ``mixup_options`` go to Mixup (mode, prob, switch_prob, ...).  Add the file's other fields
+    to the pipelines (or None to drop them) before making the Loader::
+
+        pipelines, batch_ops = relabel_cutmix(1000)
+        loader = Loader(path, 256, order="random", pipelines={**pipelines, "label": None},
+                        batch_ops=batch_ops)
+    """
+    from .ops.mix import Mixup
+    from .ops.relabel import LabelMapPool
+    pool = LabelMapPool(image=image, num_classes=num_classes)
+    pipelines = {image: [RandomResizedCrop(resolution), RandomHorizontalFlip(), ToTensor(),
+                         ToTorchImage()],
+                 relabel: [pool, ToTensor()]}
+    mix = Mixup(mixup_alpha, cutmix_alpha, label_smoothing=label_smoothing,
+                num_classes=num_classes, image=image, label=relabel,
+                region_target=pool if region_labels else None, **mixup_options)
+    return pipelines, [mix]

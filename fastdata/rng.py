@@ -5,11 +5,18 @@ is shared between threads and nothing depends on the order in which samples are 
 run gives the same augmentations bit for bit whatever the number of threads, and resuming at
 batch b of epoch e needs no saved generator state.
 
+Beyond uniforms: ``beta_draws`` gives Beta(a, a) variates as G1 / (G1 + G2) from two Gamma(a)
+variates (Marsaglia & Tsang's method, with the ``U ** (1/a)`` boost for a < 1, in log space so
+small alphas never give 0/0), each from a bounded number of draws of its stream (the fall-back
+after GAMMA_ATTEMPTS rejections has probability below 1e-40).
+
 The mixing function is SplitMix64's finaliser (Steele, Lea & Flood 2014), applied once per key
 component: it passes BigCrush as a counter-based generator.  The functions are Numba-compiled
 (usable inside nopython kernels) and also callable from Python.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit
@@ -31,7 +38,15 @@ OP_SKIP = 7        # the Loader's replacement for a sample that fails to decode 
 OP_REINFORCE_MIX = 8   # the reinforce writer's mixing of one record: partner, mixup, cutmix
 
 # Added to an op id for the same decision about a second image.
-PARTNER_OFFSET = 16   # the reinforce writer's mixing partner: its crop OP_CROP + 16, flip OP_FLIP + 16
+PARTNER_OFFSET = 1 << 10   # the reinforce writer's mixing partner: its crop and flip ids plus this
+                           # (past every view's ids, see VIEW_STRIDE)
+
+# Offsets of an op id: view v of a multi-view decoder draws its crop and flip from
+# OP_CROP + VIEW_STRIDE * v and OP_FLIP + VIEW_STRIDE * v (view 0: the plain ids).
+VIEW_STRIDE = 16
+
+GAMMA_ATTEMPTS = 32    # Marsaglia-Tsang tries per Gamma variate (p(accept) > 0.95 each)
+GAMMA_SPAN = 128       # >= 1 + 3 * GAMMA_ATTEMPTS draws reserved per Gamma variate
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -70,4 +85,42 @@ def draws(seed: int, epoch: int, indices: np.ndarray, op: int, k: int) -> np.nda
     out = np.empty(len(indices), dtype=np.float64)
     for i in range(len(indices)):
         out[i] = uniform(make_key(seed, epoch, indices[i], op), k)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def log_gamma(key: np.uint64, k0: int, a: float) -> float:
+    """log of a Gamma(a, 1) variate from draws k0 .. k0 + 3 * GAMMA_ATTEMPTS of stream ``key``."""
+    boost = 0.0
+    shape = a
+    if a < 1.0:        # Gamma(a) = Gamma(a + 1) * U ** (1 / a)
+        shape = a + 1.0
+        boost = math.log(1.0 - uniform(key, k0)) / a
+    d = shape - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    for t in range(GAMMA_ATTEMPTS):
+        k = k0 + 1 + 3 * t
+        z = math.sqrt(-2.0 * math.log(1.0 - uniform(key, k))) * \
+            math.cos(2.0 * math.pi * uniform(key, k + 1))
+        v = 1.0 + c * z
+        if v <= 0.0:
+            continue
+        v = v * v * v
+        if math.log(1.0 - uniform(key, k + 2)) < 0.5 * z * z + d - d * v + d * math.log(v):
+            return math.log(d * v) + boost
+    return math.log(d) + boost
+
+
+@njit(cache=True, nogil=True)
+def beta_draws(seed: int, epoch: int, keys: np.ndarray, op: int, alphas: np.ndarray,
+               k0: int) -> np.ndarray:
+    """float64[n]: a Beta(alphas[i], alphas[i]) variate for each key (int64[n]), a pure function of
+    (seed, epoch, keys[i], op) using draws k0 .. k0 + 2 * GAMMA_SPAN of that stream."""
+    out = np.empty(len(keys), dtype=np.float64)
+    for i in range(len(keys)):
+        key = make_key(seed, epoch, keys[i], op)
+        a = alphas[i]
+        g1 = log_gamma(key, k0, a)
+        g2 = log_gamma(key, k0 + GAMMA_SPAN, a)
+        out[i] = 1.0 / (1.0 + math.exp(g2 - g1))
     return out

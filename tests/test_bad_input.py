@@ -24,7 +24,7 @@ import simplejpeg
 from PIL import Image, ImageOps
 
 from fastdata import DatasetWriter, IntField, Reader, RGBImageField, WriteError
-from fastdata import jpeg as fdjpeg
+from fastdata.pixels import jpeg as fdjpeg
 from fastdata.cli import main as cli_main
 from fastdata.writers import ImageNetFolder, write_imagenet
 

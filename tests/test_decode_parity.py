@@ -15,7 +15,7 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as tvf
 
 import fastdata
-from fastdata import libturbojpeg
+from fastdata.pixels import libturbojpeg
 from fastdata.ops import CenterCrop, CenterCropRGBImageDecoder, RandomResizedCrop
 
 from test_resample import photo

@@ -40,7 +40,7 @@ import fastdata
 from fastdata import (BytesField, DatasetWriter, FloatField, IntField, JSONField, NDArrayField,
                       Reader, RGBImageField, TorchTensorField)
 from fastdata import format as fmt
-from fastdata import jpeg as fd_jpeg
+from fastdata.pixels import jpeg as fd_jpeg
 
 ENV = "FASTDATA_FFCV_PYTHON"
 PAGE_SIZE = 1 << 21

@@ -14,7 +14,7 @@ import pytest
 
 import fastdata
 from fastdata import format as fmt
-from fastdata.ops.resize import size_within
+from fastdata.pixels.resize import size_within
 
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

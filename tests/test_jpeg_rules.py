@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastdata
-from fastdata import libturbojpeg
+from fastdata.pixels import libturbojpeg
 from fastdata.ops import RandomResizedCrop
 
 from test_resample import photo

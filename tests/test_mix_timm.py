@@ -83,7 +83,7 @@ def raw_params(op, ctx, size, h, w):
     ``n`` keys (n = 1, B/2 or B by mode)."""
     twin = Mixup(op.mixup_alpha, op.cutmix_alpha, prob=op.mix_prob, switch_prob=op.switch_prob,
                  mode=op.mode, correct_lam=False, num_classes=op.num_classes)
-    p = twin.draw(ctx, size, h, w)
+    p = vars(twin.draw(ctx, size, h, w))
     n = len(op._keys(ctx, size))
     lam = p["lam"][:n] if op.mode == "batch" else p["lam"][:n].astype(np.float32)
     return lam, p["use_cutmix"][:n].copy()
@@ -108,7 +108,7 @@ def test_boxes_and_corrected_lambdas_match_timm(tm, monkeypatch, mode, minmax, h
     size, compared = 16, 0
     for b in range(40 if mode == "batch" else 8):
         ctx = ctx_for(b, size)
-        p = op.draw(ctx, size, h, w)
+        p = vars(op.draw(ctx, size, h, w))
         lam_raw, cut = raw_params(op, ctx, size, h, w)
         keys = op._keys(ctx, size)
         for i in np.flatnonzero(cut & (lam_raw != 1)):
@@ -152,7 +152,7 @@ def test_batches_match_timm_mixup_and_fast_collate(tm, monkeypatch, mode, minmax
         ctx = ctx_for(b, size)
         x0 = torch.randint(0, 256, (size, 3, h, w), generator=g, dtype=torch.uint8)
         y = torch.randint(0, C, (size,), generator=g)
-        p = op.draw(ctx, size, h, w)
+        p = vars(op.draw(ctx, size, h, w))
         saw_cutmix |= bool((p["use_cutmix"] & p["mixed"]).any())
         saw_mixup |= bool((~p["use_cutmix"] & p["mixed"]).any())
 

@@ -10,7 +10,7 @@ from fastdata.demo import synthetic_photo  # noqa: E402
 from fastdata.ops import (IntDecoder, RandomHorizontalFlip, RandomResizedCrop,  # noqa: E402
                           Squeeze, ToTensor)
 from fastdata.ops.image_decoders import MultiView  # noqa: E402
-from fastdata.ops.resample import resize_crop_reference  # noqa: E402
+from oracles import resize_crop_reference  # noqa: E402
 
 N = 40
 
@@ -67,3 +67,35 @@ def test_bad_views_are_rejected():
         MultiView()
     with pytest.raises(TypeError):
         MultiView(RandomResizedCrop(32), "not a decoder")
+
+
+class CropSpy:
+    """A batch op that keeps each batch's crop record of the image field."""
+
+    def __call__(self, batch, ctx):
+        self.crop = ctx.crops["image"]
+        return batch
+
+
+def test_a_later_flip_flips_each_view_on_its_own_and_the_record_says_so(beton):
+    """A RandomHorizontalFlip that does not directly follow the decoder (so it flips the tensors)
+    flips each view with its own bit, the bits a flip folded into the decoder draws, and the
+    crop record's per-view flips are those bits."""
+    def run(image_ops, *batch_ops):
+        loader = Loader(beton, batch_size=N, order="random", seed=5, return_params=True,
+                        pipelines={"image": [MultiView(RandomResizedCrop(32),
+                                                       RandomResizedCrop(24)), *image_ops],
+                                   "label": None}, batch_ops=list(batch_ops))
+        return next(iter(loader))
+    spy = CropSpy()
+    later = run([ToTensor(), RandomHorizontalFlip()], spy)
+    folded = run([RandomHorizontalFlip(), ToTensor()])
+    plain = run([ToTensor()])
+    bits = [later[2][:, 8].bool(), later[3][:, 8].bool()]
+    assert not torch.equal(bits[0], bits[1])               # each view has its own bit
+    assert torch.equal(later[2], folded[2]) and torch.equal(later[3], folded[3])
+    for v in range(2):
+        np.testing.assert_array_equal(spy.crop.flips[v], bits[v].numpy())
+        expected = torch.where(bits[v].view(-1, 1, 1, 1), plain[v].flip(2), plain[v])
+        assert torch.equal(later[v], expected)
+        assert torch.equal(later[2 + v][:, :8], plain[2 + v][:, :8])   # same boxes

@@ -11,7 +11,7 @@ import ctypes.util
 import numpy as np
 import simplejpeg
 
-from fastdata import libturbojpeg
+from fastdata.pixels import libturbojpeg
 
 
 def _jpeg(height=96, width=128, seed=0):

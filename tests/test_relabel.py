@@ -17,6 +17,7 @@ from fastdata.fields import TYPE_IDS, LabelMap, LabelMapField  # noqa: E402
 from fastdata.ops import (IntDecoder, RandomHorizontalFlip, RandomResizedCrop, Squeeze,  # noqa
                           ToTensor, ToTorchImage)
 from fastdata.ops.base import BatchContext  # noqa: E402
+from fastdata.ops.crops import CropParams  # noqa: E402
 from fastdata.ops.relabel import LabelMapDecoder, LabelMapPool, roi_cell_weights  # noqa: E402
 from fastdata.reader import SampleError  # noqa: E402
 from fastdata.writers.relabel import load_label_map  # noqa: E402
@@ -141,10 +142,10 @@ def pool_batch(reader, pool, indices, boxes, flips=None, output_size=(32, 32)):
     column = reader.metadata[f"f{reader.field_names.index('image')}"]
     sizes = np.stack([column["height"][indices], column["width"][indices]], 1).astype(np.int64)
     ctx = BatchContext(indices=indices, epoch=0, seed=0, slot=0)
-    ctx.params["image"] = {
-        "boxes": np.asarray(boxes, dtype=np.int64).reshape(n, 4),
-        "flips": np.zeros(n, np.uint8) if flips is None else np.asarray(flips, np.uint8),
-        "sizes": sizes, "original_sizes": sizes, "output_size": output_size}
+    ctx.crops["image"] = CropParams.single_view(
+        np.asarray(boxes, dtype=np.int64).reshape(n, 4),
+        np.zeros(n, np.uint8) if flips is None else np.asarray(flips, np.uint8),
+        sizes, sizes, output_size)
     pool.batch_size = n
     out = np.full((n, pool.num_classes), np.nan, dtype=np.float32)
     pool.prepare(ctx, out)
@@ -575,7 +576,6 @@ def test_region_target_matches_reference(beton):
             boxes.append((int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1)),
                           bh, bw))
         ctx, whole = pool_batch(reader, pool, indices, boxes, flips, output_size=(24, 40))
-        assert ctx.params["relabel"]["region_target"].__self__ is pool
         partners = rng.permutation(len(indices))
         regions = []
         for _ in indices:
@@ -583,8 +583,7 @@ def test_region_target_matches_reference(beton):
             regions.append((y0, int(rng.integers(y0, 25)), x0, int(rng.integers(x0, 41))))
         regions[0] = (0, 24, 0, 40)
         regions[1] = (3, 3, 5, 5)                # empty: still defined (clamped roi)
-        got = ctx.params["relabel"]["region_target"](ctx, torch.from_numpy(partners),
-                                                     torch.tensor(regions))
+        got = pool.region_target(ctx, torch.from_numpy(partners), torch.tensor(regions))
         assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
         assert got.shape == (len(indices), C)
         for k, (p, region) in enumerate(zip(partners, regions)):
@@ -665,3 +664,25 @@ def test_loader_multiview_follows_the_chosen_view(beton):
     with Loader(beton, batch_size=16, num_workers=1, pipelines=pipelines) as loader:
         with pytest.raises(ValueError, match="has 2 views"):
             next(iter(loader))
+
+
+def test_relabel_cutmix_preset_is_the_hand_wired_loader(beton):
+    """fastdata.presets.relabel_cutmix gives the batches of the four coordinated arguments
+    (label=, image=, num_classes=, region_target=the pipeline's LabelMapPool) wired by hand."""
+    from fastdata.ops import Mixup, ToTorchImage
+    from fastdata.presets import relabel_cutmix
+    pipelines, batch_ops = relabel_cutmix(C, resolution=32, mode="pair")
+    preset = Loader(beton, batch_size=8, order="random", seed=2,
+                    pipelines={**pipelines, "label": None}, batch_ops=batch_ops)
+    pool = LabelMapPool(image="image", num_classes=C)
+    by_hand = Loader(beton, batch_size=8, order="random", seed=2, pipelines={
+        "image": [RandomResizedCrop(32), RandomHorizontalFlip(), ToTensor(), ToTorchImage()],
+        "relabel": [pool, ToTensor()], "label": None},
+        batch_ops=[Mixup(0.0, 1.0, mode="pair", label_smoothing=0.0, num_classes=C,
+                         label="relabel", region_target=pool)])
+    assert preset.pipeline_names == by_hand.pipeline_names == ("image", "relabel")
+    batches = 0
+    for (x, t), (x2, t2) in zip(preset, by_hand):
+        assert torch.equal(x, x2) and torch.equal(t, t2)
+        batches += 1
+    assert batches == len(preset) > 0

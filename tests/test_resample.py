@@ -1,12 +1,13 @@
-"""fastdata.ops.resample: the Numba crop-resize kernel vs its numpy reference, PIL and torch."""
+"""fastdata.pixels.resample: the Numba crop-resize kernel vs its numpy reference, PIL and torch."""
 import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fastdata.ops.resample import (new_scratch, resize_crop_into, resize_crop_paste_into,
-                                   resize_crop_reference, scratch_size)
+from fastdata.pixels.resample import (new_scratch, resize_crop_into, resize_crop_paste_into,
+                                      scratch_size)
+from oracles import resize_crop_reference
 
 
 def photo(rng, h, w):

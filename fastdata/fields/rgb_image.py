@@ -13,10 +13,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .. import jpeg
 from ..format import FormatError
-from ..images import SourceImage, as_rgb_array, load_image
-from ..ops.resize import resize_area, size_within
+from ..pixels import jpeg
+from ..pixels.images import SourceImage, as_rgb_array, load_image
+from ..pixels.resize import resize_area, size_within
 from .base import Encoded, Field, RegionTable, pack_arguments, unpack_arguments
 
 MODE_JPG, MODE_RAW = 0, 1

@@ -1,15 +1,17 @@
 """Pipeline steps.  A field's pipeline is ``[decoder, *batch_ops]`` (see ops.base).
 
 Decoders: image decoders (``image_decoders``: RandomResizedCrop, CenterCrop,
-SimpleRGBImageDecoder) and the others (``decoders``: IntDecoder, FloatDecoder, NDArrayDecoder,
-BytesDecoder, JSONDecoder).  Batch ops: ``tensor`` (ToTensor, ToTorchImage, ToDevice, Normalize,
-NormalizeImage, Squeeze, Convert), RandomHorizontalFlip, and label-aware ops: ``mix`` (Mixup with
+SimpleRGBImageDecoder, MultiView), the crop samplers whose typed records (``crops``:
+CropParams) an image backend (``backends``: ImageBackend, CPUBackend) decodes, and the others
+(``decoders``: IntDecoder, FloatDecoder, NDArrayDecoder, BytesDecoder, JSONDecoder).
+Batch ops: ``tensor`` (ToTensor, ToTorchImage, ToDevice, Normalize, NormalizeImage, Squeeze,
+Convert), RandomHorizontalFlip, and label-aware ops: ``mix`` (Mixup with
 CutMix, OneHot with label smoothing), ``targets`` (TeacherTargets from stored top-k outputs),
 ``relabel`` (LabelMapPool: ReLabel soft labels pooled over each crop), ``replay`` (ReplayedCrop,
-ReplayTargets: dataset-reinforcement records replayed).  ``resize`` is the writer's
-max-resolution downscale; ``resample`` and ``image_kernel`` are the compiled pixel work.
+ReplayTargets: dataset-reinforcement records replayed).  The compiled pixel work (codecs,
+resampling, the CPU image kernel, mixing kernels) lives in ``fastdata.pixels``.
 
-Names are imported on first use, so the writer (which needs ``resize`` only) never imports torch.
+Names are imported on first use, so importing ``fastdata.ops`` does not import torch.
 """
 import importlib
 
@@ -26,7 +28,10 @@ _WHERE = {
     "ToTensor": "tensor", "ToTorchImage": "tensor", "MultiView": "image_decoders",
     "OneHot": "mix", "Mixup": "mix", "TeacherTargets": "targets",
     "LabelMapPool": "relabel", "LabelMapDecoder": "relabel",
-    "ReplayedCrop": "replay", "ReplayTargets": "replay",
+    "ReplayedCrop": "replay", "ReplayTargets": "replay", "ReplayPlan": "replay",
+    "CropParams": "crops", "CropView": "crops", "PastePlan": "crops",
+    "ImageBackend": "backends", "CPUBackend": "backends", "MixPlan": "mix", "MixRecord": "mix",
+    "register_default_decoder": "base", "default_decoder": "base",
 }
 __all__ = sorted(_WHERE)
 

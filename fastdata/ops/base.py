@@ -9,15 +9,26 @@ A field's pipeline is ``[decoder, *batch_ops]``:
   normalisation, mixing), in the loader's producer thread, ahead of the training loop.
 
 Every random decision is drawn from the counter-based RNG keyed by (seed, epoch, sample index,
-op) and kept in the batch's ``params``, where later ops read it (the crop box a label map is pooled
-over, the flip bit that mirrors it).
+op) and kept in the batch's context as a typed record, where later ops read it: an image field's
+``CropParams`` (the crop box a label map is pooled over, the flip bit that mirrors it), the mix
+plans drawn before decoding, what Mixup drew.
+
+What the Loader asks of a decoder (never its class): ``output_count`` (views), ``device``,
+``parallel`` and ``task_size``, ``allocate`` (its ring-slot buffers), ``reads`` (the fields whose
+crops it reads: it prepares after their decoders), ``absorb`` (ops it folds in), ``paste_size``
+(whether a CutMix may paste while it decodes) and ``params_record``.  The decoder a field gets
+by default is the one registered for its type with ``register_default_decoder``.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .crops import CropParams, PastePlan
 
 
 @dataclass
@@ -29,14 +40,13 @@ class BatchContext:
     rank, world_size: this process's place in distributed training (1 process: 0, 1);
     slot: which ring-buffer slot the batch occupies (ops keep per-slot output buffers);
     names: the output names, in the order of the tuple that batch-level ops receive;
-    params: per-field records of the random decisions drawn for this batch.  An image field's
-      record is a dict of ``boxes`` int64[B, 4] (top, left, height, width in stored pixels),
-      ``flips`` uint8[B], ``sizes`` and ``original_sizes`` int64[B, 2] (height, width stored,
-      and before max_resolution), and ``output_size`` (height, width);
-    plans: what batch ops drew in ``before_decode``, keyed by the op (read back in ``__call__``);
-    pastes: image output name -> (paste_to int64[B], boxes int64[B, 4]): the image decoder
-      writes output region boxes[k] (y0, y1, x0, x1) of sample k into sample paste_to[k]'s
-      output instead of its own (-1: none).  Registered by ``before_decode`` (CutMix)."""
+    view: while a field's pipeline ops run, the view of its decoder they are mapping (0 for
+      single-view decoders and for batch-level ops);
+    crops: image field name -> its ``CropParams`` (fastdata.ops.crops): boxes, flips, sizes,
+      output sizes, the paste plan, per view;
+    mix_plans: batch op -> the plan it drew in ``before_decode`` (e.g. Mixup's ``MixPlan``, with
+      the ``PastePlan`` the image decoder follows), read back in its ``__call__``;
+    mix: what Mixup drew for this batch (its ``MixRecord``), None without Mixup."""
     indices: np.ndarray
     epoch: int
     seed: int
@@ -45,9 +55,18 @@ class BatchContext:
     rank: int = 0
     world_size: int = 1
     names: tuple = ()
-    params: dict[str, Any] = field(default_factory=dict)
-    plans: dict[Any, Any] = field(default_factory=dict)
-    pastes: dict[str, tuple] = field(default_factory=dict)
+    view: int = 0
+    crops: dict[str, "CropParams"] = field(default_factory=dict)
+    mix_plans: dict[Any, Any] = field(default_factory=dict)
+    mix: Optional[Any] = None
+
+    def paste_plan(self, image: str) -> Optional["PastePlan"]:
+        """The PastePlan a batch op registered for image output ``image``, or None."""
+        for plan in self.mix_plans.values():
+            paste = getattr(plan, "paste", None)
+            if paste is not None and plan.image == image:
+                return paste
+        return None
 
 
 class Operation:
@@ -68,6 +87,28 @@ class Decoder(Operation):
     task_size = 4
     #: The field classes this decoder reads (checked by bind).
     field_types: tuple = ()
+    #: Outputs per batch (several for a multi-view image decoder).
+    output_count = 1
+    #: Where the decoded batch lives.
+    device = "cpu"
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Names of the fields whose crops this decoder reads: the Loader prepares it after
+        their decoders."""
+        return ()
+
+    def absorb(self, ops: list) -> list:
+        """Take the pipeline's batch ops; return those left to run on the batch."""
+        return ops
+
+    def paste_size(self) -> Optional[tuple[int, int]]:
+        """(height, width) of an output a CutMix may paste into while decoding, else None."""
+        return None
+
+    def params_record(self, ctx: "BatchContext") -> list[np.ndarray]:
+        """Records of the batch's random decisions for ``return_params`` (none here)."""
+        return []
 
     def bind(self, reader, name: str, field_index: int) -> None:
         """Attach to field ``name`` of an open Reader; raise TypeError for a wrong field type."""
@@ -87,6 +128,19 @@ class Decoder(Operation):
     def sample_shape(self, batch_size: int) -> tuple[tuple[int, ...], Any]:
         """(per-sample shape, numpy dtype) of the decoded values; None shape for lists."""
         raise NotImplementedError
+
+    def setup_backend(self, batch_size: int) -> None:
+        """Called once bound, with the Loader's batch size."""
+        self.batch_size = batch_size
+
+    def allocate(self, batch_size: int, ring_size: int, pin: bool) -> list:
+        """Per ring slot, the output this decoder writes a batch into: an array of
+        [batch_size, *sample_shape] (page-locked when ``pin``), or a list for documents."""
+        shape, dtype = self.sample_shape(batch_size)
+        if shape is None:
+            return [[None] * batch_size for _ in range(ring_size)]
+        array = host_array((ring_size, batch_size, *shape), dtype, pin)
+        return [array[s] for s in range(ring_size)]
 
     def prepare(self, ctx: BatchContext, out: np.ndarray) -> None:
         """Per-batch work before the parallel part (draw parameters, gather metadata)."""
@@ -117,14 +171,27 @@ class BatchOp(Operation):
         that keep per-slot buffers (Normalize, Mixup) serve one running Loader at a time: give
         two loaders that iterate at once their own op objects."""
 
+    #: The device this op moves batches to (ToDevice), None for the others.
+    target_device: Optional[str] = None
+
     def before_decode(self, ctx: BatchContext, images: dict[str, tuple[int, int]]) -> None:
         """Called for batch ops before the batch's decoders start: ``images`` maps the image
         outputs that only position-independent steps separate from this op to their (height,
-        width); the op may draw its parameters now (into ``ctx.plans``) and register pixel moves
-        for the decoder (``ctx.pastes``).  Default: nothing."""
+        width); the op may draw its parameters now, into ``ctx.mix_plans[self]``, and a plan
+        with ``paste`` (a PastePlan) and ``image`` attributes makes that image's decoder move
+        pixels while decoding.  Default: nothing."""
 
     def __call__(self, batch: Any, ctx: BatchContext) -> Any:
         raise NotImplementedError
+
+
+def host_array(shape: tuple, dtype: Any, pin: bool) -> np.ndarray:
+    """An uninitialised host array; ``pin``: in page-locked memory (for copies to a GPU)."""
+    if pin:
+        import torch
+        torch_dtype = torch.from_numpy(np.zeros(0, dtype)).dtype
+        return torch.empty(shape, dtype=torch_dtype, pin_memory=True).numpy()
+    return np.empty(shape, dtype=dtype)
 
 
 def check_range(name: str, pair: tuple[float, float], low: float = 0.0) -> tuple[float, float]:
@@ -133,3 +200,28 @@ def check_range(name: str, pair: tuple[float, float], low: float = 0.0) -> tuple
         raise ValueError(f"{name} must be an increasing pair >= {low}, got {pair}")
     return lo, hi
 
+
+# -- default decoders ----------------------------------------------------------------------------
+
+#: Field class -> the decoder class a field of that class gets when its pipeline names none.
+DEFAULT_DECODERS: dict[type, type] = {}
+#: The modules whose decoders register themselves (imported on the first lookup).
+DECODER_MODULES = ("decoders", "image_decoders", "relabel", "targets", "replay")
+
+
+def register_default_decoder(cls: type) -> type:
+    """Class decorator: ``cls`` becomes the default decoder of each of its ``field_types``."""
+    for field_type in cls.field_types:
+        DEFAULT_DECODERS[field_type] = cls
+    return cls
+
+
+def default_decoder(field: Any) -> Decoder:
+    """A new default decoder for ``field`` (FFCV's for FFCV's types): the one registered for the
+    nearest class in the field's class hierarchy."""
+    for module in DECODER_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    for cls in type(field).__mro__:
+        if cls in DEFAULT_DECODERS:
+            return DEFAULT_DECODERS[cls]()
+    raise TypeError(f"no default decoder for {type(field).__name__}: give a pipeline")

@@ -5,9 +5,10 @@ import numpy as np
 from numba import njit
 
 from ..fields import BytesField, FloatField, IntField, JSONField, NDArrayField
-from .base import BatchContext, Decoder
+from .base import BatchContext, Decoder, register_default_decoder
 
 
+@register_default_decoder
 class IntDecoder(Decoder):
     """IntField -> int64[B, 1] (FFCV's shape; add Squeeze() for int64[B])."""
 
@@ -20,6 +21,7 @@ class IntDecoder(Decoder):
         out[:len(ctx.indices), 0] = self.column[ctx.indices]
 
 
+@register_default_decoder
 class FloatDecoder(IntDecoder):
     """FloatField -> float64[B, 1]."""
 
@@ -39,6 +41,7 @@ def _gather(data: np.ndarray, ptrs: np.ndarray, sizes: np.ndarray, indices: np.n
         out[k, size:] = 0
 
 
+@register_default_decoder
 class NDArrayDecoder(Decoder):
     """NDArrayField / TorchTensorField -> dtype[B, *shape]."""
 
@@ -59,6 +62,7 @@ class NDArrayDecoder(Decoder):
         _gather(self.reader.data, self._ptrs, self._sizes, ctx.indices, raw)
 
 
+@register_default_decoder
 class BytesDecoder(NDArrayDecoder):
     """BytesField -> uint8[B, L] zero-padded to the longest value in the file (as FFCV)."""
 
@@ -77,6 +81,7 @@ class BytesDecoder(NDArrayDecoder):
         _gather(self.reader.data, self._ptrs, self._sizes, ctx.indices, out)
 
 
+@register_default_decoder
 class JSONDecoder(Decoder):
     """JSONField -> a list of the B parsed documents (JSON only, never unpickled)."""
 

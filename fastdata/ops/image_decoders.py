@@ -1,14 +1,16 @@
-"""Image decoders: crop box and flip drawn first, then decode only what the crop needs, resize
-with an anti-aliased filter, and flip while writing.
+"""Image decoders: the crop samplers.  Each draws a batch's crop boxes and flip bits first
+(a typed ``CropParams``, fastdata.ops.crops), then its backend (fastdata.ops.backends, chosen
+with ``backend=``, default "cpu") decodes only what the crops need, resizes with an
+anti-aliased filter and flips while writing.
 
-Per sample, in a Numba kernel holding no GIL (fastdata.ops.image_kernel):
+Per sample:
 
 1. the box (top, left, height, width) in stored pixels comes from the counter-based RNG
    (RandomResizedCrop) or from the image size (CenterCrop, full image);
-2. a JPEG is decoded at the smallest DCT scale (1/8, 1/4, 1/2, 1) whose result still has at least
-   the output's size (``dct_scaling=False``: always at full scale), and only over the rows and
-   columns of the box (libjpeg-turbo 3's region decoding); a raw image is read in place from
-   the file;
+2. the CPU backend decodes a JPEG at the smallest DCT scale (1/8, 1/4, 1/2, 1) whose result
+   still has at least the output's size (``dct_scaling=False``: always at full scale), and only
+   over the rows and columns of the box (libjpeg-turbo 3's region decoding); a raw image is read
+   in place from the file;
 3. the box is resized to the output size with torchvision's anti-aliased bilinear filter
    (``antialias=True``), mirrored when the flip bit is set.  The crop ops' filter reads only
    the box's pixels, as torchvision's crop-then-resize.
@@ -18,43 +20,36 @@ a record that does not end with the end-of-image marker, a zeroed quantisation t
 that libjpeg decodes only with a warning (see jpeg.decode_record).  ``accept_jpeg_warnings=True``
 accepts what libjpeg can decode, as FFCV does.
 
-Boxes and flip bits stay in the batch's params, where later ops (label pooling) read them, and
-``params_record`` reports them in stored and in original-image pixels.
+The crops stay in ``ctx.crops[field]``, where later ops (label pooling, CutMix region labels)
+read them, and ``params_record`` reports them in stored and in original-image pixels.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .. import jpeg, libturbojpeg
-from ..jpeg import JpegError
 from ..fields import RGBImageField
-from ..fields.rgb_image import MODE_JPG
-from ..reader import SampleError
-from ..rng import OP_CROP, OP_FLIP, draws
-from .base import BatchContext, BatchOp, Decoder, check_range
+from ..pixels.image_kernel import OPT_MAX_DENOM, OPT_WITHIN_BOX
+from ..rng import OP_CROP, OP_FLIP, VIEW_STRIDE, draws
+from .backends import ImageBackend, StoredImages, make_backend
+from .base import BatchContext, BatchOp, Decoder, check_range, register_default_decoder
 from .crop_params import (center_crop_box, random_resized_crop_boxes,
                           torchvision_center_crop_boxes)
-from .image_kernel import (OPT_MAX_DENOM, OPT_WITHIN_BOX, STATUS_ERROR, STATUS_MISMATCH,
-                           STATUS_NEEDS_PYTHON, STATUS_NO_EOI, STATUS_WARNING, STATUS_ZERO_QUANT,
-                           dct_denominator,
-                           decode_kernel, resize_decoded)
-from .resample import scratch_size
+from .crops import CropParams, PastePlan
 
 DEFAULT_CROP_RATIO = 224 / 256
-_EMPTY = np.zeros(4, dtype=np.int64)      # an empty paste region
-_REASONS = {STATUS_MISMATCH: "stored JPEG's size differs from its record",
-            STATUS_NO_EOI: jpeg.NO_EOI, STATUS_ZERO_QUANT: jpeg.ZERO_QUANT}
-_FAILED = (STATUS_ERROR, *_REASONS)
 
 
 class RandomHorizontalFlip(BatchOp):
-    """Mirror each image left-right with probability ``p``.  Directly after an image decoder it
-    is folded into the decoder (the resize writes mirrored rows, no extra pass); elsewhere it
-    flips the batch tensor.  Either way the bit comes from the counter-based RNG, so the two
-    placements flip the same samples."""
+    """Mirror each image left-right with probability ``p``.
+
+    In an image decoder's pipeline the decoder's sampler draws the bit of each view (keyed
+    (seed, epoch, index, OP_FLIP + VIEW_STRIDE * view)) and records it in the batch's crops;
+    directly after the decoder the flip is folded into it (the resize writes mirrored rows, no
+    extra pass); elsewhere this op flips the batch tensor of each view with that view's bit.
+    Either way the same samples are flipped."""
 
     def __init__(self, p: float = 0.5):
         if not 0.0 <= p <= 1.0:
@@ -63,48 +58,25 @@ class RandomHorizontalFlip(BatchOp):
 
     def __call__(self, batch: Any, ctx: BatchContext) -> Any:
         import torch
-        bits = draws(ctx.seed, ctx.epoch, ctx.indices, OP_FLIP, 0) < self.p
-        record = ctx.params.get(getattr(self, "pipeline", None))
-        if record is not None:          # label ops read the flips from the image's params
-            record["flips"] = record["all_flips"][0] = bits.astype(np.uint8)
-        flips = torch.from_numpy(bits)
         if batch.dim() != 4:
             raise ValueError(f"RandomHorizontalFlip needs an image batch, got {tuple(batch.shape)}")
+        bits = draws(ctx.seed, ctx.epoch, ctx.indices, OP_FLIP + VIEW_STRIDE * ctx.view, 0) \
+            < self.p
+        flips = torch.from_numpy(bits)
         width_dim = 3 if batch.shape[1] in (1, 3) and batch.shape[3] not in (1, 3) else 2
         flips = flips.to(batch.device).view(-1, 1, 1, 1)
         return torch.where(flips, batch.flip(width_dim), batch)
 
 
-VIEW_STRIDE = 16   # RNG op ids of view v: OP_CROP + 16 v, OP_FLIP + 16 v (view 0: the plain ids)
-
-
-def no_paste(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The kernel's (order, paste_to, paste_boxes) for n positions decoded in order that paste
-    nothing."""
-    return (np.arange(n, dtype=np.int64), np.full(n, -1, dtype=np.int64),
-            np.zeros((n, 4), dtype=np.int64))
-
-
-def paste_plan(paste_to: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                                  np.ndarray]:
-    """(order, paste_to, paste_boxes) for a CutMix between positions k and paste_to[k]: partners
-    are decoded one after the other, by the same worker, so the rows they share are written
-    while still in its cache (decoded far apart, each costs a second trip to memory)."""
-    n = len(paste_to)
-    order = np.arange(n, dtype=np.int64)
-    if n % 2 == 0 and np.array_equal(paste_to[paste_to >= 0],
-                                     (n - 1 - order)[paste_to >= 0]):
-        order = np.stack([order[:n // 2], order[::-1][:n // 2]], axis=1).reshape(-1)
-    return order, np.ascontiguousarray(paste_to, dtype=np.int64), \
-        np.ascontiguousarray(boxes, dtype=np.int64)
-
-
 class ImageDecoder(Decoder):
-    """Base of the image decoders: output ``output_size`` (height, width) uint8 RGB.
+    """Base of the image decoders: a sampler that draws each batch's ``CropParams`` and an
+    ``ImageBackend`` that decodes them; output ``output_size`` (height, width) uint8 RGB.
 
     dct_scaling: decode a JPEG at 1/2, 1/4 or 1/8 scale when the box is that many times larger
     than the output (faster; the README gives what it costs in pixels).  False: always decode
     at full scale, then resize.
+    backend: the name of the image backend ("cpu", the default; see ops.backends.BACKENDS) or
+    an ImageBackend.  The two options below go to a backend given by name.
     accept_jpeg_warnings: accept JPEG data that libjpeg decodes only with a warning (corrupt or
     truncated data, decoded as best it can), as FFCV does; False (default) raises
     ``SampleError``.
@@ -112,55 +84,78 @@ class ImageDecoder(Decoder):
     False decodes JPEGs with simplejpeg (whole image at the DCT scale, then the same resize)."""
 
     parallel = True
-    #: decode_range honours ``ctx.pastes`` (a CutMix drawn before decoding, see Mixup).
+    #: decode_range honours a PastePlan (a CutMix drawn before decoding, see Mixup).
     supports_paste = True
     #: the filter reads only the box's pixels (torchvision's crop-then-resize)
     within_box = True
+    field_types = (RGBImageField,)
 
     def __init__(self, output_size: Optional[Sequence[int]] = None, dct_scaling: bool = True,
-                 accept_jpeg_warnings: bool = False, use_libturbojpeg: bool = True):
+                 accept_jpeg_warnings: bool = False, use_libturbojpeg: bool = True,
+                 backend: Union[str, ImageBackend] = "cpu"):
         self.output_size = None if output_size is None else _pair(output_size)
         self.dct_scaling = bool(dct_scaling)
         self.accept_jpeg_warnings = bool(accept_jpeg_warnings)
         self.use_libturbojpeg = bool(use_libturbojpeg)
-        self.flip_p = 0.0
+        self.backend = make_backend(backend, use_libturbojpeg=use_libturbojpeg,
+                                    accept_jpeg_warnings=accept_jpeg_warnings)
+        self.flip_p = 0.0               # probability of the pipeline's RandomHorizontalFlip
+        self.flip_in_decoder = False    # True: the backend applies it while resizing
         self.view = 0
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
 
     @property
     def views(self) -> list["ImageDecoder"]:
         """The decoders whose outputs this one produces (itself, or MultiView's views)."""
         return [self]
 
-    def absorb(self, ops: list) -> list:
-        """Fold a RandomHorizontalFlip that directly follows into the decoding kernel."""
-        if ops and isinstance(ops[0], RandomHorizontalFlip):
-            for view in self.views:
-                view.flip_p = ops[0].p
-            return ops[1:]
-        return ops
+    @property
+    def output_count(self) -> int:
+        return len(self.views)
 
-    field_types = (RGBImageField,)
+    def absorb(self, ops: list) -> list:
+        """The sampler draws the flips of the pipeline's first RandomHorizontalFlip (per view);
+        directly after the decoder it is folded into the backend's resize."""
+        flip = next((op for op in ops if isinstance(op, RandomHorizontalFlip)), None)
+        if flip is None:
+            return ops
+        for view in self.views:
+            view.flip_p = flip.p
+            view.flip_in_decoder = ops[0] is flip
+        return ops[1:] if ops[0] is flip else ops
+
+    def paste_size(self) -> Optional[tuple[int, int]]:
+        """The output (height, width) a CutMix may paste into while decoding, or None."""
+        return self.output_size if self.supports_paste and len(self.views) == 1 else None
 
     def bind(self, reader, name: str, field_index: int) -> None:
         super().bind(reader, name, field_index)
-        column = self.column
-        self.modes = np.ascontiguousarray(column["mode"]).astype(np.uint8)
-        self.widths = np.ascontiguousarray(column["width"]).astype(np.int64)
-        self.heights = np.ascontiguousarray(column["height"]).astype(np.int64)
-        self.ptrs = reader.payload_ptrs(name).astype(np.int64)
-        self.sizes = reader.payload_sizes(name).astype(np.int64)
-        table = reader.side_table(name)
-        self.orig_widths = self.widths if table is None else table["width"].astype(np.int64)
-        self.orig_heights = self.heights if table is None else table["height"].astype(np.int64)
-        jpg = self.modes == MODE_JPG
-        self.max_jpeg_pixels = int((self.widths * self.heights)[jpg].max(initial=0))
-        self.max_height = int(self.heights.max(initial=1))
-        self.max_width = int(self.widths.max(initial=1))
+        self.images = StoredImages.from_reader(reader, name, self.column)
+        self.heights, self.widths = self.images.heights, self.images.widths
+        self.orig_heights, self.orig_widths = self.images.orig_heights, self.images.orig_widths
+        self.setup_backend(getattr(self, "batch_size", 1))
+
+    def setup_backend(self, batch_size: int) -> None:
+        """Bind the backend to the field (after bind, once the batch size is known)."""
+        self.batch_size = batch_size
+        self.backend.bind(self.images, [view.output_size for view in self.views], batch_size)
+
+    def unbind(self) -> None:
+        super().unbind()
+        self.images = self.heights = self.widths = self.orig_heights = self.orig_widths = None
+        self.backend.unbind()
 
     def sample_shape(self, batch_size: int):
         """(shape, dtype), or a list of them for several views."""
         shapes = [((*view.output_size, 3), np.uint8) for view in self.views]
         return shapes[0] if len(shapes) == 1 else shapes
+
+    def allocate(self, batch_size: int, ring_size: int, pin: bool) -> list:
+        slots = self.backend.allocate(batch_size, ring_size, pin)
+        return slots if len(self.views) > 1 else [slot[0] for slot in slots]
 
     def boxes(self, ctx: BatchContext, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
         """float64[n, 4] boxes (top, left, height, width) in stored pixels."""
@@ -174,149 +169,49 @@ class ImageDecoder(Decoder):
             opts[v, OPT_WITHIN_BOX] = int(view.within_box)
         return opts
 
-    def prepare(self, ctx: BatchContext, out: Any) -> None:
+    def sample(self, ctx: BatchContext) -> CropParams:
+        """Draw the batch's crops (the sampler's job)."""
         idx = ctx.indices
         heights, widths = self.heights[idx], self.widths[idx]
-        sizes = np.stack([heights, widths], axis=1)
-        original = np.stack([self.orig_heights[idx], self.orig_widths[idx]], axis=1)
-        records = []
-        for view in self.views:
-            flips = np.zeros(len(idx), dtype=np.uint8)
+        views = self.views
+        flips = np.zeros((len(views), len(idx)), dtype=np.uint8)
+        for v, view in enumerate(views):
             if view.flip_p > 0:
-                flips[:] = draws(ctx.seed, ctx.epoch, idx, OP_FLIP + VIEW_STRIDE * view.view,
+                flips[v] = draws(ctx.seed, ctx.epoch, idx, OP_FLIP + VIEW_STRIDE * view.view,
                                  0) < view.flip_p
-            boxes = np.ascontiguousarray(view.boxes(ctx, heights, widths), dtype=np.float64)
-            records.append({"boxes": boxes, "flips": flips,
-                            "sizes": sizes, "original_sizes": original,
-                            "output_size": view.output_size})
-        params = dict(records[0])
-        if len(records) > 1:
-            params["views"] = records
-        # The kernel's arrays: boxes [views, n, 4] and flips [views, n].
-        params["all_boxes"] = np.stack([r["boxes"] for r in records])
-        params["all_flips"] = np.stack([r["flips"] for r in records])
-        paste = ctx.pastes.get(self.name)
-        if paste is not None and (len(records) > 1 or not self.supports_paste):
+        in_decoder = np.array([view.flip_in_decoder for view in views], dtype=bool)
+        paste = ctx.paste_plan(self.name)
+        if paste is not None and (len(views) > 1 or not self.supports_paste):
             raise RuntimeError(f"{type(self).__name__} for {self.name!r} cannot paste while "
                                f"decoding")
-        params["paste"] = paste_plan(*paste) if paste is not None else no_paste(len(idx))
-        params["view_opts"] = self.view_options()
-        ctx.params[self.name] = params
+        return CropParams(
+            boxes=np.stack([np.ascontiguousarray(view.boxes(ctx, heights, widths),
+                                                 dtype=np.float64) for view in views]),
+            flips=flips, decoder_flips=np.where(in_decoder[:, None], flips, 0).astype(np.uint8),
+            sizes=np.stack([heights, widths], axis=1),
+            original_sizes=np.stack([self.orig_heights[idx], self.orig_widths[idx]], axis=1),
+            output_sizes=tuple(view.output_size for view in views),
+            view_opts=self.view_options(),
+            paste=paste if paste is not None else PastePlan.none(len(idx)))
 
-    def make_worker_state(self) -> dict:
-        scratch = max(scratch_size(*view.output_size, self.max_height, self.max_width)
-                      for view in self.views)
-        return {
-            "region": np.empty(max(self.max_jpeg_pixels * 3, 3), dtype=np.uint8),
-            "scratch": np.empty(scratch, dtype=np.float32),
-            "handle": libturbojpeg.new_handle() if libturbojpeg.AVAILABLE else 0,
-            "status": np.zeros(self.batch_size, dtype=np.int64),
-        }
+    def prepare(self, ctx: BatchContext, out: Any) -> None:
+        ctx.crops[self.name] = self.sample(ctx)
 
-    def release_worker_state(self, state: dict) -> None:
-        if state["handle"]:
-            libturbojpeg.free_handle(state["handle"])
-            state["handle"] = 0
+    def make_worker_state(self) -> Any:
+        return self.backend.make_worker_state()
+
+    def release_worker_state(self, state: Any) -> None:
+        self.backend.release_worker_state(state)
 
     def decode_range(self, ctx: BatchContext, start: int, stop: int, out: Any,
-                     worker: dict) -> None:
-        params = ctx.params[self.name]
+                     worker: Any) -> None:
         outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
-        order, paste_to, paste_boxes = params["paste"]
-        status = worker["status"]
-        self.run_kernel(ctx.indices, order, params["all_boxes"], params["all_flips"],
-                        params["view_opts"], start, stop, outs, paste_to, paste_boxes, worker,
-                        status)
-        for k in order[start:stop]:
-            if status[k] == STATUS_NEEDS_PYTHON:
-                self._decode_in_python(ctx, k, outs, worker)
-
-    def run_kernel(self, indices: np.ndarray, order: np.ndarray, boxes: np.ndarray,
-                   flips: np.ndarray, view_opts: np.ndarray, start: int, stop: int,
-                   outs: tuple, paste_to: np.ndarray, paste_boxes: np.ndarray, worker: dict,
-                   status: np.ndarray,
-                   describe: Optional[Callable[[int], str]] = None) -> None:
-        """The decoding kernel over positions order[start:stop] (see image_kernel.decode_range),
-        then the error rule: a failed sample raises SampleError; JPEGs it leaves to Python
-        get STATUS_NEEDS_PYTHON in ``status``.  ``describe(k)`` adds to position k's error
-        message (e.g. " (mixing partner of sample 12)")."""
-        use_turbo = self.use_libturbojpeg and libturbojpeg.AVAILABLE
-        decode_kernel(use_turbo)(self.reader.data, self.modes, self.ptrs, self.sizes,
-                                 self.widths, self.heights, indices, order, boxes, flips,
-                                 view_opts, start, stop, outs, paste_to, paste_boxes,
-                                 worker["region"], worker["scratch"], worker["handle"],
-                                 use_turbo, not self.accept_jpeg_warnings, status)
-        for k in order[start:stop]:
-            code = status[k]
-            if code in _FAILED or (code == STATUS_WARNING and not self.accept_jpeg_warnings):
-                role = describe(int(k)) if describe is not None else ""
-                index = int(indices[k])
-                raise SampleError(index, self.name, f"cannot decode JPEG{role}: "
-                                  f"{self._failure_reason(index, code, worker['handle'])}")
-
-    def _failure_reason(self, index: int, code: int, handle: int) -> str:
-        """Why the kernel failed sample ``index``: decoding it again with simplejpeg gives the
-        message of its first error or warning (the handle's own message may already belong to
-        a later sample of the range)."""
-        if code in _REASONS:
-            return _REASONS[code]
-        try:
-            jpeg.decode_record(self.payload(index))
-        except JpegError as err:
-            return str(err)
-        return libturbojpeg.error_string(handle)
-
-    def payload(self, index: int) -> np.ndarray:
-        """Sample ``index``'s stored bytes (a view into the file)."""
-        ptr, size = int(self.ptrs[index]), int(self.sizes[index])
-        return self.reader.data[ptr:ptr + size]
-
-    def _decode_in_python(self, ctx: BatchContext, k: int, outs: tuple, worker: dict) -> None:
-        """Without libturbojpeg 3: simplejpeg (GIL released) decodes the whole JPEG at the DCT
-        scale, then the same resize as the kernel, on the same pixels the region decoder
-        would have produced (the box divided by the scale's denominator)."""
-        index = int(ctx.indices[k])
-        params = ctx.params[self.name]
-        boxes, flips = params["all_boxes"][:, k], params["all_flips"][:, k]
-        opts = params["view_opts"]
-        denom = min(dct_denominator(box[2], box[3], out.shape[1], out.shape[2],
-                                    int(opt[OPT_MAX_DENOM]))
-                    for box, out, opt in zip(boxes, outs, opts))
-        rgb = self.decode_jpeg_python(index, denom)
-        _, paste_to, paste_boxes = params["paste"]
-        for v, (box, flip, out, opt) in enumerate(zip(boxes, flips, outs, opts)):
-            j = int(paste_to[k]) if v == 0 else -1
-            resize_decoded(rgb, box[0] / denom, box[1] / denom, box[2] / denom, box[3] / denom,
-                           out[k], bool(flip), worker["scratch"], out[j] if j >= 0 else out[k],
-                           paste_boxes[k] if j >= 0 else _EMPTY, bool(opt[OPT_WITHIN_BOX]))
-
-    def decode_jpeg_python(self, index: int, denom: int) -> np.ndarray:
-        """Sample ``index``'s whole JPEG decoded by simplejpeg (GIL released) at exactly 1/denom
-        scale (each side ceil(side / denom), as libjpeg's DCT scaling), under this decoder's
-        rule for corrupt data."""
-        height, width = int(self.heights[index]), int(self.widths[index])
-        want = (-(-height // denom), -(-width // denom))
-        try:
-            rgb = jpeg.decode_record(self.payload(index), self.accept_jpeg_warnings, *want)
-        except JpegError as err:
-            raise SampleError(index, self.name, f"cannot decode JPEG: {err}") from None
-        if rgb.shape[:2] != want:
-            raise SampleError(index, self.name, f"stored JPEG's size differs from its record: "
-                              f"decoded {rgb.shape[1]}x{rgb.shape[0]} at 1/{denom} scale, "
-                              f"record {width}x{height}")
-        return rgb
+        self.backend.decode_range(ctx.crops[self.name], ctx.indices, start, stop, outs, worker)
 
     def params_record(self, ctx: BatchContext) -> list[np.ndarray]:
         """Per view, float64[n, 9]: box (top, left, height, width) in stored pixels, the same
         box in original-image pixels (before max_resolution), flip bit."""
-        params = ctx.params[self.name]
-        sy, sx = (params["original_sizes"] / params["sizes"]).T
-        scale = np.stack([sy, sx, sy, sx], axis=1)
-        out = []
-        for boxes, flips in zip(params["all_boxes"], params["all_flips"]):
-            boxes = boxes.astype(np.float64)
-            out.append(np.concatenate([boxes, boxes * scale, flips[:, None]], axis=1))
-        return out
+        return ctx.crops[self.name].params_record()
 
 
 def _pair(size: Any) -> tuple[int, int]:
@@ -328,12 +223,14 @@ def _pair(size: Any) -> tuple[int, int]:
     return h, w
 
 
+@register_default_decoder
 class SimpleRGBImageDecoder(ImageDecoder):
     """Whole images, unresized: every image of the file must have the same size (as FFCV)."""
 
-    def __init__(self, *, accept_jpeg_warnings: bool = False, use_libturbojpeg: bool = True):
+    def __init__(self, *, accept_jpeg_warnings: bool = False, use_libturbojpeg: bool = True,
+                 backend: Union[str, ImageBackend] = "cpu"):
         super().__init__(None, accept_jpeg_warnings=accept_jpeg_warnings,
-                         use_libturbojpeg=use_libturbojpeg)
+                         use_libturbojpeg=use_libturbojpeg, backend=backend)
 
     def bind(self, reader, name, field_index):
         super().bind(reader, name, field_index)
@@ -343,6 +240,7 @@ class SimpleRGBImageDecoder(ImageDecoder):
                             f"has several: use RandomResizedCrop or CenterCrop")
         self.output_size = (int(self.heights[0]), int(self.widths[0])) if len(self.heights) \
             else (1, 1)
+        self.setup_backend(getattr(self, "batch_size", 1))     # now that the size is known
 
     def boxes(self, ctx, heights, widths):
         n = len(heights)
@@ -353,12 +251,14 @@ class RandomResizedCrop(ImageDecoder):
     """torchvision's RandomResizedCrop(size, scale, ratio) with antialias=True: a box of area
     ~U(scale) of the image and log aspect ratio ~U(log ratio) (ten tries, then the central
     fallback), resized to ``output_size`` (int or (height, width)).  See ImageDecoder for
-    ``dct_scaling``, ``accept_jpeg_warnings`` and ``use_libturbojpeg``."""
+    ``dct_scaling``, ``backend``, ``accept_jpeg_warnings`` and ``use_libturbojpeg``."""
 
     def __init__(self, output_size: Any, scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), *, dct_scaling: bool = True,
-                 accept_jpeg_warnings: bool = False, use_libturbojpeg: bool = True):
-        super().__init__(output_size, dct_scaling, accept_jpeg_warnings, use_libturbojpeg)
+                 accept_jpeg_warnings: bool = False, use_libturbojpeg: bool = True,
+                 backend: Union[str, ImageBackend] = "cpu"):
+        super().__init__(output_size, dct_scaling, accept_jpeg_warnings, use_libturbojpeg,
+                         backend)
         self.scale = check_range("scale", scale)
         self.ratio = check_range("ratio", ratio)
         if self.ratio[0] <= 0:
@@ -391,13 +291,14 @@ class CenterCrop(ImageDecoder):
     up to a few source pixels).
     dct_scaling is off by default here: validation images then decode at full scale, as
     torchvision's, so accuracy compares with torchvision-evaluated baselines.  See ImageDecoder
-    for ``dct_scaling``, ``accept_jpeg_warnings`` and ``use_libturbojpeg``."""
+    for ``dct_scaling``, ``backend``, ``accept_jpeg_warnings`` and ``use_libturbojpeg``."""
 
     def __init__(self, output_size: Any, ratio: float = DEFAULT_CROP_RATIO,
                  box: str = "torchvision", resize_size: Optional[int] = None, *,
                  dct_scaling: bool = False, accept_jpeg_warnings: bool = False,
-                 use_libturbojpeg: bool = True):
-        super().__init__(output_size, dct_scaling, accept_jpeg_warnings, use_libturbojpeg)
+                 use_libturbojpeg: bool = True, backend: Union[str, ImageBackend] = "cpu"):
+        super().__init__(output_size, dct_scaling, accept_jpeg_warnings, use_libturbojpeg,
+                         backend)
         if not 0 < ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {ratio}")
         if box not in CENTER_CROP_BOXES:
@@ -430,11 +331,12 @@ class MultiView(ImageDecoder):
     ``MultiView(RandomResizedCrop(224, scale=(0.4, 1)), *[RandomResizedCrop(96,
     scale=(0.05, 0.4))] * 6)`` gives DINO-style global and local crops (repeating one decoder
     object is fine: each position is a view with its own parameters).  Each view draws its own
-    box and flip bit; the pipeline yields one output per view.  A RandomHorizontalFlip right
-    after MultiView flips every view independently."""
+    box and flip bit; the pipeline yields one output per view.  A RandomHorizontalFlip in the
+    pipeline flips every view independently (view v's bit keyed OP_FLIP + VIEW_STRIDE * v).
+    The views' own backends are not used: MultiView's ``backend`` decodes them all."""
 
     def __init__(self, *views: ImageDecoder, accept_jpeg_warnings: bool = False,
-                 use_libturbojpeg: bool = True):
+                 use_libturbojpeg: bool = True, backend: Union[str, ImageBackend] = "cpu"):
         if not views:
             raise ValueError("MultiView needs at least one view")
         copies = []
@@ -447,7 +349,7 @@ class MultiView(ImageDecoder):
             copy.view = v
             copies.append(copy)
         super().__init__(None, accept_jpeg_warnings=accept_jpeg_warnings,
-                         use_libturbojpeg=use_libturbojpeg)
+                         use_libturbojpeg=use_libturbojpeg, backend=backend)
         self._views = copies
 
     @property

@@ -19,10 +19,8 @@ Differences from timm, all deliberate:
   key is the batch number (``batch`` mode) or the sample index (``elem`` mode; in ``pair`` mode
   the index of the pair's first member), and ``k`` numbers the decision (see the ``K_*``
   constants).  So a run mixes the same way whatever the thread count, and resuming mid-epoch
-  replays the same lambdas, methods and boxes.  Beta(a, a) is drawn as G1 / (G1 + G2) from two
-  Gamma(a) variates (Marsaglia & Tsang's method, with the ``U ** (1/a)`` boost for a < 1, in log
-  space so small alphas never give 0/0), from a bounded number of uniform draws per variate
-  (the fall-back after 32 rejections has probability below 1e-40).
+  replays the same lambdas, methods and boxes.  Beta(a, a) comes from ``rng.beta_draws``
+  (Marsaglia & Tsang's Gamma variates, a bounded number of uniform draws each).
 - uint8 images are mixed the way timm's ``FastCollateMixup`` mixes them: in float32, rounded
   half to even, back to uint8.  Float images (float32 / float16 / bfloat16) are mixed in their
   own dtype, as ``Mixup`` does.  CutMix copies pixels and works for any dtype.
@@ -46,7 +44,7 @@ Differences from timm, all deliberate:
   code does, only when ``label_smoothing > 0``) and the dense targets are mixed.  timm's
   ``multi_label=True`` (dense multi-label targets smoothed towards 0.5) is not provided.  The
   target is float32 (float64 stays float64) and is put on the images' device, as timm does.
-- ``ctx.params['mix']`` records what was drawn (see ``Mixup.__call__``), for tests and for ops
+- ``ctx.mix`` records what was drawn (a ``MixRecord``), for tests and for ops
   that run later.
 - ``region_target``: an optional callable that gives, for each CutMix sample, the soft label of
   the region actually pasted from its partner (ReLabel's label map pooled over the box), used in
@@ -59,15 +57,17 @@ Differences from timm, all deliberate:
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import torch
 from numba import njit
 
-from ..rng import OP_MIX, OP_MIX_BATCH, draws, make_key, uniform
+from ..rng import OP_MIX, OP_MIX_BATCH, beta_draws, draws
+from ..pixels.mix import mix_pairs_float, mix_pairs_u8, move_patches, swap_boxes
 from .base import BatchContext, BatchOp
+from .crops import PastePlan
 
 # Draw numbers k of the OP_MIX stream of one key.  New decisions take new numbers; never renumber.
 K_APPLY = 0        # mix at all (u < prob)
@@ -76,52 +76,53 @@ K_CY = 2           # box centre row (rand_bbox) / cut height (rand_bbox_minmax)
 K_CX = 3           # box centre column / cut width
 K_TOP = 4          # rand_bbox_minmax: top row
 K_LEFT = 5         # rand_bbox_minmax: left column
-K_BETA = 16        # first draw of the Beta variate: 2 Gamma variates of _GAMMA_SPAN draws each
+K_BETA = 16        # first draw of the Beta variate (rng.beta_draws: 2 * rng.GAMMA_SPAN draws)
 
-_ATTEMPTS = 32                       # Marsaglia-Tsang tries per Gamma variate (p(accept) > 0.95)
-_GAMMA_SPAN = 128                    # >= 1 + 3 * _ATTEMPTS draws reserved per Gamma variate
 MODES = ("batch", "pair", "elem")
 _CPU_CHUNK_PAIRS = 16                # pairs mixed at once on the CPU (bounds the float32 scratch)
 
 
-# -- random variates -----------------------------------------------------------------------------
+@dataclass
+class MixPlan:
+    """The mixing parameters of one batch, one row per image.
 
-@njit(cache=True, nogil=True)
-def _log_gamma(key: np.uint64, k0: int, a: float) -> float:
-    """log of a Gamma(a, 1) variate from draws k0 .. k0 + 3 * _ATTEMPTS of stream ``key``."""
-    boost = 0.0
-    shape = a
-    if a < 1.0:        # Gamma(a) = Gamma(a + 1) * U ** (1 / a)
-        shape = a + 1.0
-        boost = math.log(1.0 - uniform(key, k0)) / a
-    d = shape - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    for t in range(_ATTEMPTS):
-        k = k0 + 1 + 3 * t
-        z = math.sqrt(-2.0 * math.log(1.0 - uniform(key, k))) * \
-            math.cos(2.0 * math.pi * uniform(key, k + 1))
-        v = 1.0 + c * z
-        if v <= 0.0:
-            continue
-        v = v * v * v
-        if math.log(1.0 - uniform(key, k + 2)) < 0.5 * z * z + d - d * v + d * math.log(v):
-            return math.log(d * v) + boost
-    return math.log(d) + boost
+    lam: float64[B] (after the area correction, 1 where not mixed); mixed, use_cutmix: bool[B];
+    boxes: int64[B, 4] CutMix boxes (y0, y1, x0, x1 in output pixels, timm's convention; zeros
+    without CutMix); partner: int64[B] (B-1-i).  Drawn before decoding (``before_decode``) the
+    plan also names the ``image`` output, the ``size`` (B, H, W) it was drawn for, the rows the
+    decoder ``pasted`` and the decoder's ``paste`` plan (None: nothing to paste)."""
+    lam: np.ndarray
+    mixed: np.ndarray
+    use_cutmix: np.ndarray
+    boxes: np.ndarray
+    partner: np.ndarray
+    image: Optional[str] = None
+    size: Optional[tuple[int, int, int]] = None
+    pasted: Optional[np.ndarray] = None
+    paste: Optional[PastePlan] = None
 
 
-@njit(cache=True, nogil=True)
-def beta_draws(seed: int, epoch: int, keys: np.ndarray, op: int, alphas: np.ndarray,
-               k0: int) -> np.ndarray:
-    """float64[n]: a Beta(alphas[i], alphas[i]) variate for each key (int64[n]), a pure function of
-    (seed, epoch, keys[i], op) using draws k0 .. k0 + 2 * _GAMMA_SPAN of that stream."""
-    out = np.empty(len(keys), dtype=np.float64)
-    for i in range(len(keys)):
-        key = make_key(seed, epoch, keys[i], op)
-        a = alphas[i]
-        g1 = _log_gamma(key, k0, a)
-        g2 = _log_gamma(key, k0 + _GAMMA_SPAN, a)
-        out[i] = 1.0 / (1.0 + math.exp(g2 - g1))
-    return out
+class RegionTargets(Protocol):
+    """What labels a CutMix region by what it shows (LabelMapPool is one): ``region_target(ctx,
+    partner, boxes)`` -> Tensor[B, C], row k the soft label of region boxes[k] (y0, y1, x0, x1,
+    output pixels) of batch position partner[k]'s image."""
+
+    def region_target(self, ctx: BatchContext, partner: np.ndarray,
+                      boxes: np.ndarray) -> torch.Tensor: ...
+
+
+@dataclass
+class MixRecord:
+    """What Mixup drew for a batch (``ctx.mix``).  mode: 'batch', 'pair' or 'elem'; lam: float
+    (batch mode) or float32 tensor [B] (pair, elem), after the area correction, 1 where not
+    mixed; use_cutmix, mixed: bool / bool[B] (mixed: lam != 1); boxes: int64[B, 4] (y0, y1, x0,
+    x1 in output pixels, zeros without CutMix); partner: int64[B] (B-1-i)."""
+    mode: str
+    lam: Union[float, torch.Tensor]
+    use_cutmix: Union[bool, np.ndarray]
+    mixed: Union[bool, np.ndarray]
+    boxes: np.ndarray
+    partner: np.ndarray
 
 
 # -- targets -------------------------------------------------------------------------------------
@@ -260,50 +261,6 @@ def _nchw(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x if layout == "NCHW" else x.permute(0, 3, 1, 2)
 
 
-# -- pixel mixing: row i with row B-1-i, both read before either is written ----------------------
-
-@njit(cache=True, nogil=True)
-def _mix_u8(flat: np.ndarray, lam: np.ndarray, rest: np.ndarray, rows: np.ndarray) -> None:
-    """uint8 rows: rint(float32(x_i) * lam_i + float32(x_j) * rest_i) (FastCollateMixup)."""
-    size, n = flat.shape
-    for i in range(size // 2):
-        j = size - 1 - i
-        li, ri, lj, rj = lam[i], rest[i], lam[j], rest[j]
-        a, b = flat[i], flat[j]
-        if rows[i] and rows[j]:
-            for k in range(n):
-                u, w = np.float32(a[k]), np.float32(b[k])
-                a[k] = np.uint8(np.rint(u * li + w * ri))
-                b[k] = np.uint8(np.rint(w * lj + u * rj))
-        elif rows[i]:
-            for k in range(n):
-                a[k] = np.uint8(np.rint(np.float32(a[k]) * li + np.float32(b[k]) * ri))
-        elif rows[j]:
-            for k in range(n):
-                b[k] = np.uint8(np.rint(np.float32(b[k]) * lj + np.float32(a[k]) * rj))
-
-
-@njit(cache=True, nogil=True)
-def _mix_float(flat: np.ndarray, lam: np.ndarray, rest: np.ndarray, rows: np.ndarray) -> None:
-    """float rows, in their own dtype: x_i * lam_i + x_j * rest_i (Mixup)."""
-    size, n = flat.shape
-    for i in range(size // 2):
-        j = size - 1 - i
-        li, ri, lj, rj = lam[i], rest[i], lam[j], rest[j]
-        a, b = flat[i], flat[j]
-        if rows[i] and rows[j]:
-            for k in range(n):
-                u, w = a[k], b[k]
-                a[k] = u * li + w * ri
-                b[k] = w * lj + u * rj
-        elif rows[i]:
-            for k in range(n):
-                a[k] = a[k] * li + b[k] * ri
-        elif rows[j]:
-            for k in range(n):
-                b[k] = b[k] * lj + a[k] * rj
-
-
 def _lam_rest(lam: Any, size: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Per-row (lam, 1 - lam) in the arithmetic's dtype: a batch lambda is a Python float, its
     1 - lam computed in float64 (timm's ``mul_(1. - lam)``); per-row lambdas are float32 and
@@ -328,77 +285,6 @@ def _rows_flat(v: torch.Tensor) -> Optional[torch.Tensor]:
 
 
 _NUMBA_DTYPES = (torch.uint8, torch.float32, torch.float64)
-
-
-@njit(cache=True, nogil=True)
-def _move_patches(img: np.ndarray, rows: np.ndarray, sources: np.ndarray, boxes: np.ndarray,
-                  patches: np.ndarray, offsets: np.ndarray, take: bool) -> None:
-    """take: patches[offsets[t]:offsets[t + 1]] = img[sources[t]] over the box of row rows[t];
-    else paste each patch into img[rows[t]] over the same box.  img is [B, H, W, C]."""
-    channels = img.shape[3]
-    for t in range(len(rows)):
-        i = rows[t]
-        k = sources[t] if take else i
-        y0, y1, x0, x1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-        o = offsets[t]
-        for y in range(y0, y1):
-            for x in range(x0, x1):
-                for c in range(channels):
-                    if take:
-                        patches[o] = img[k, y, x, c]
-                    else:
-                        img[k, y, x, c] = patches[o]
-                    o += 1
-
-
-@njit(cache=True, nogil=True)
-def _move_patches_dense(flat: np.ndarray, shape: np.ndarray, rows: np.ndarray,
-                        sources: np.ndarray, boxes: np.ndarray, patches: np.ndarray,
-                        offsets: np.ndarray, take: bool) -> None:
-    """_move_patches for a C-contiguous [B, H, W, C] batch seen as 1-d: a box row is one run."""
-    height, width, channels = shape[1], shape[2], shape[3]
-    for t in range(len(rows)):
-        i = rows[t]
-        k = sources[t] if take else i
-        y0, y1, x0, x1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-        run = (x1 - x0) * channels
-        o = offsets[t]
-        for y in range(y0, y1):
-            base = ((k * height + y) * width + x0) * channels
-            if take:                 # slice copies: Numba lowers them to memcpy-speed loops
-                patches[o:o + run] = flat[base:base + run]
-            else:
-                flat[base:base + run] = patches[o:o + run]
-            o += run
-
-
-@njit(cache=True, nogil=True)
-def _swap_boxes(flat: np.ndarray, shape: np.ndarray, firsts: np.ndarray, boxes: np.ndarray,
-                tmp: np.ndarray) -> None:
-    """CutMix for partners i and B-1-i sharing one box (batch and pair modes): swap the two box
-    regions in place, a row-run at a time through ``tmp`` (which stays in cache), instead of
-    copying every patch out and back: half the memory traffic."""
-    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
-    for t in range(len(firsts)):
-        i = firsts[t]
-        j = batch - 1 - i
-        y0, y1, x0, x1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-        run = (x1 - x0) * channels
-        for y in range(y0, y1):
-            a = ((i * height + y) * width + x0) * channels
-            b = ((j * height + y) * width + x0) * channels
-            tmp[:run] = flat[a:a + run]
-            flat[a:a + run] = flat[b:b + run]
-            flat[b:b + run] = tmp[:run]
-
-
-def _patches(nhwc: np.ndarray, rows: np.ndarray, sources: np.ndarray, boxes: np.ndarray,
-             patches: np.ndarray, offsets: np.ndarray, take: bool) -> None:
-    if nhwc.flags.c_contiguous:
-        _move_patches_dense(nhwc.reshape(-1), np.array(nhwc.shape, dtype=np.int64), rows,
-                            sources, boxes, patches, offsets, take)
-    else:
-        _move_patches(nhwc, rows, sources, boxes, patches, offsets, take)
 
 
 def _mixup_torch(v: torch.Tensor, lam: Any, rows: np.ndarray) -> None:
@@ -449,7 +335,8 @@ class Mixup(BatchOp):
       'elem' (per element).  correct_lam: lambda = 1 - box area / image area after clipping.
       label_smoothing, num_classes: the target's smoothing and size.
     image, label: names of the outputs to mix (in ``ctx.names``).
-    region_target: optional ``f(ctx, partner, boxes) -> Tensor[B, C]`` with partner int64[B]
+    region_target: optional ``f(ctx, partner, boxes) -> Tensor[B, C]``, or an object with such a
+      ``region_target`` method (a ``RegionTargets``: LabelMapPool is one), with partner int64[B]
       (positions in the batch) and boxes int64[B, 4] (y0, y1, x0, x1 in output-image pixels,
       empty for rows without CutMix): row k is the soft label of the region of image
       ``partner[k]`` that CutMix pasted into image k (rows without CutMix are ignored).  The
@@ -467,8 +354,9 @@ class Mixup(BatchOp):
                  switch_prob: float = 0.5, mode: str = "batch", correct_lam: bool = True,
                  label_smoothing: float = 0.1, num_classes: int = 1000, image: str = "image",
                  label: str = "label",
-                 region_target: Optional[Callable[[BatchContext, np.ndarray, np.ndarray],
-                                                  torch.Tensor]] = None,
+                 region_target: Union[None, "RegionTargets",
+                                      Callable[[BatchContext, np.ndarray, np.ndarray],
+                                               torch.Tensor]] = None,
                  off_epoch: Optional[int] = None, layout: str = "auto"):
         self.mixup_alpha = float(mixup_alpha)
         self.cutmix_alpha = float(cutmix_alpha)
@@ -508,6 +396,10 @@ class Mixup(BatchOp):
         self.num_classes = int(num_classes)
         self.image, self.label = image, label
         self.region_target = region_target
+        if region_target is not None and not callable(region_target) and \
+                not callable(getattr(region_target, "region_target", None)):
+            raise TypeError(f"region_target must be callable or have a region_target method, "
+                            f"got {type(region_target).__name__}")
         self.off_epoch = None if off_epoch is None else int(off_epoch)
         self.layout = layout
         self.mixup_enabled = True
@@ -532,10 +424,8 @@ class Mixup(BatchOp):
         indices = np.ascontiguousarray(ctx.indices, dtype=np.int64)
         return indices[:batch_size // 2] if self.mode == "pair" else indices[:batch_size]
 
-    def draw(self, ctx: BatchContext, batch_size: int, height: int, width: int) -> dict:
-        """The mixing parameters of one batch, one row per image: ``lam`` float64[B] (after the
-        area correction), ``mixed`` and ``use_cutmix`` bool[B], ``boxes`` int64[B, 4] (y0, y1,
-        x0, x1; zeros without CutMix) and ``partner`` int64[B] (= B-1-i)."""
+    def draw(self, ctx: BatchContext, batch_size: int, height: int, width: int) -> "MixPlan":
+        """The mixing parameters of one batch, one row per image (a MixPlan)."""
         keys = self._keys(ctx, batch_size)
         n = len(keys)
         lam = np.ones(n, dtype=np.float64)
@@ -566,8 +456,8 @@ class Mixup(BatchOp):
         elif self.mode == "pair":
             lam, cut, mixed = (np.concatenate([a, a[::-1]]) for a in (lam, cut, mixed))
             boxes = np.concatenate([boxes, boxes[::-1]])
-        return {"lam": lam, "mixed": mixed, "use_cutmix": cut, "boxes": boxes,
-                "partner": np.arange(batch_size - 1, -1, -1, dtype=np.int64)}
+        return MixPlan(lam=lam, mixed=mixed, use_cutmix=cut, boxes=boxes,
+                       partner=np.arange(batch_size - 1, -1, -1, dtype=np.int64))
 
     def _boxes(self, seed: int, epoch: int, keys: np.ndarray, lam: np.ndarray, h: int, w: int):
         """timm 1.0.31's rand_bbox / rand_bbox_minmax from counter-based uniforms: (boxes, areas).
@@ -607,22 +497,20 @@ class Mixup(BatchOp):
         Elem mode keeps the swap: its partners' boxes differ."""
         size = images.get(self.image)
         n = len(ctx.indices)
-        if size is None or self.mode == "elem" or n % 2 or self.image in ctx.pastes:
+        if size is None or self.mode == "elem" or n % 2 or ctx.paste_plan(self.image) is not None:
             return
         p = self.draw(ctx, n, *size)
-        boxes = p["boxes"]
-        pasted = p["use_cutmix"] & p["mixed"] & (boxes[:, 1] > boxes[:, 0]) & \
+        boxes = p.boxes
+        pasted = p.use_cutmix & p.mixed & (boxes[:, 1] > boxes[:, 0]) & \
             (boxes[:, 3] > boxes[:, 2])
+        p.image, p.pasted, p.size = self.image, pasted, (n, *size)
         if pasted.any():
-            ctx.pastes[self.image] = (np.where(pasted, p["partner"], -1), boxes)
-        ctx.plans[self] = {**p, "pasted": pasted, "size": (n, *size)}
+            p.paste = PastePlan.between(np.where(pasted, p.partner, -1), boxes)
+        ctx.mix_plans[self] = p
 
     def __call__(self, batch: tuple, ctx: BatchContext) -> tuple:
-        """Mix the outputs named ``image`` and ``label``; record in ``ctx.params['mix']``:
-        ``mode``; ``lam``: float (batch mode) or float32 tensor [B] (pair, elem), after the area
-        correction, 1 where not mixed; ``use_cutmix``: bool / bool[B]; ``mixed``: bool / bool[B]
-        (lam != 1); ``boxes``: int64[B, 4] (y0, y1, x0, x1 in output pixels, zeros without
-        CutMix); ``partner``: int64[B] (B-1-i)."""
+        """Mix the outputs named ``image`` and ``label``; what was drawn goes to ``ctx.mix``
+        (a MixRecord)."""
         if not isinstance(batch, (tuple, list)):
             raise TypeError("Mixup is a batch op: put it in Loader(batch_ops=[...]), not in a "
                             "field's pipeline")
@@ -636,39 +524,37 @@ class Mixup(BatchOp):
                              f"B-1-i), got {size}: use an even batch_size and drop_last=True")
         if len(labels) != size:
             raise ValueError(f"Mixup: {size} images but {len(labels)} labels")
-        p = ctx.plans.pop(self, None)
+        p = ctx.mix_plans.get(self)
         if p is None:
             p = self.draw(ctx, size, v.shape[2], v.shape[3])
-        elif p["size"] != (size, v.shape[2], v.shape[3]):
+        elif p.size != (size, v.shape[2], v.shape[3]):
             raise ValueError(f"Mixup: the decoder pasted CutMix boxes for {p['size'][1]}x"
                              f"{p['size'][2]} images, but output {self.image!r} is "
                              f"{tuple(v.shape)} ({self.layout} layout)")
         self._mix_pixels(v, p)
         target = self._mix_targets(labels, p, ctx, v.device)
         if self.mode == "batch":
-            record = {"lam": float(p["lam"][0]) if size else 1.0,
-                      "use_cutmix": bool(p["use_cutmix"][0]) if size else False,
-                      "mixed": bool(p["mixed"][0]) if size else False}
+            ctx.mix = MixRecord(self.mode, float(p.lam[0]) if size else 1.0,
+                                bool(p.use_cutmix[0]) if size else False,
+                                bool(p.mixed[0]) if size else False, p.boxes, p.partner)
         else:
-            record = {"lam": torch.from_numpy(p["lam"].astype(np.float32)),
-                      "use_cutmix": p["use_cutmix"], "mixed": p["mixed"]}
-        ctx.params["mix"] = {"mode": self.mode, **record, "boxes": p["boxes"],
-                             "partner": p["partner"]}
+            ctx.mix = MixRecord(self.mode, torch.from_numpy(p.lam.astype(np.float32)),
+                                p.use_cutmix, p.mixed, p.boxes, p.partner)
         out = list(batch)
         out[ki], out[kl] = images, target
         return tuple(out)
 
-    def _mix_pixels(self, v: torch.Tensor, p: dict) -> None:
-        cut, mixed = p["use_cutmix"], p["mixed"]
+    def _mix_pixels(self, v: torch.Tensor, p: MixPlan) -> None:
+        cut, mixed = p.use_cutmix, p.mixed
         if not mixed.any():
             return
-        boxes = p["boxes"]
+        boxes = p.boxes
         mix_rows = mixed & ~cut
         cut_rows = cut & (boxes[:, 1] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 2])
-        if "pasted" in p:
-            cut_rows &= ~p["pasted"]          # the decoder has pasted those
+        if p.pasted is not None:
+            cut_rows &= ~p.pasted          # the decoder has pasted those
         cut_rows = np.flatnonzero(cut_rows)
-        lam = p["lam"] if self.mode != "batch" else float(p["lam"][0])
+        lam = p.lam if self.mode != "batch" else float(p.lam[0])
         flat = _rows_flat(v) if v.device.type == "cpu" and v.dtype in _NUMBA_DTYPES else None
         if flat is not None:
             nhwc = v.permute(0, 2, 3, 1).numpy()
@@ -677,8 +563,8 @@ class Mixup(BatchOp):
                 # pairs, so the order of the two steps does not matter.
                 firsts = cut_rows[cut_rows < len(nhwc) - 1 - cut_rows]
                 tmp = np.empty(nhwc.shape[2] * nhwc.shape[3], dtype=nhwc.dtype)
-                _swap_boxes(nhwc.reshape(-1), np.array(nhwc.shape, dtype=np.int64), firsts,
-                            boxes, tmp)
+                swap_boxes(nhwc.reshape(-1), np.array(nhwc.shape, dtype=np.int64), firsts,
+                           boxes, tmp)
                 cut_rows = cut_rows[:0]
             # Compiled: take every patch from its partner, mix, then paste.
             if len(cut_rows):
@@ -686,14 +572,14 @@ class Mixup(BatchOp):
                     (boxes[cut_rows, 3] - boxes[cut_rows, 2]) * nhwc.shape[3]
                 offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
                 patches = np.empty(int(offsets[-1]), dtype=nhwc.dtype)
-                _patches(nhwc, cut_rows, p["partner"][cut_rows], boxes, patches, offsets, True)
+                move_patches(nhwc, cut_rows, p.partner[cut_rows], boxes, patches, offsets, True)
             if mix_rows.any():
                 arr = flat.numpy()
-                kernel = _mix_u8 if v.dtype == torch.uint8 else _mix_float
+                kernel = mix_pairs_u8 if v.dtype == torch.uint8 else mix_pairs_float
                 dtype = np.dtype(np.float32) if v.dtype == torch.uint8 else arr.dtype
                 kernel(arr, *_lam_rest(lam, len(arr), dtype), mix_rows)
             if len(cut_rows):
-                _patches(nhwc, cut_rows, cut_rows, boxes, patches, offsets, False)
+                move_patches(nhwc, cut_rows, cut_rows, boxes, patches, offsets, False)
             return
         if self.mode == "batch" and cut[0]:
             if len(cut_rows):
@@ -704,25 +590,26 @@ class Mixup(BatchOp):
         patches = []                  # taken from the partners before any row is written
         for i in cut_rows:
             y0, y1, x0, x1 = (int(c) for c in boxes[i])
-            j = int(p["partner"][i])
+            j = int(p.partner[i])
             patches.append((int(i), y0, y1, x0, x1, v[j, :, y0:y1, x0:x1].clone()))
         if mix_rows.any():
             _mixup_torch(v, lam, mix_rows)
         for i, y0, y1, x0, x1, patch in patches:
             v[i, :, y0:y1, x0:x1] = patch
 
-    def _mix_targets(self, labels: torch.Tensor, p: dict, ctx: BatchContext,
+    def _mix_targets(self, labels: torch.Tensor, p: MixPlan, ctx: BatchContext,
                      device: torch.device) -> torch.Tensor:
         """``lam * y + (1 - lam) * y[partner]`` (or the pasted region's own label), with timm's
         rounding: a batch lambda is a float (1 - lam in float64), per-row lambdas float32."""
         eps, classes = self.label_smoothing, self.num_classes
         y = _dense_target(labels, classes, eps, device, "Mixup", copy=False)
-        if not p["mixed"].any():
+        if not p.mixed.any():
             return y.clone() if y is labels else y
-        cut = p["use_cutmix"] & p["mixed"]
+        cut = p.use_cutmix & p.mixed
         region = None
         if self.region_target is not None and cut.any():
-            region = self.region_target(ctx, p["partner"].copy(), p["boxes"].copy())
+            source = getattr(self.region_target, "region_target", self.region_target)
+            region = source(ctx, p.partner.copy(), p.boxes.copy())
             if not isinstance(region, torch.Tensor) or tuple(region.shape) != tuple(y.shape):
                 raise ValueError(f"region_target must return a tensor of shape "
                                  f"{tuple(y.shape)}, got "
@@ -734,30 +621,30 @@ class Mixup(BatchOp):
                                            ctx.slot)
         y_partner = y.flip(0)
         if self.mode == "batch":
-            lam = float(p["lam"][0])
+            lam = float(p.lam[0])
             target = y * lam + y_partner * (1.0 - lam)
         else:
-            lam = torch.from_numpy(p["lam"].astype(np.float32)).to(
+            lam = torch.from_numpy(p.lam.astype(np.float32)).to(
                 device=device, dtype=y.dtype).view(-1, 1)
             target = y * lam + y_partner * (1 - lam)
         if region is not None:
             rows = torch.from_numpy(np.flatnonzero(cut)).to(device)
-            lam_rows = torch.from_numpy(p["lam"][cut].astype(
+            lam_rows = torch.from_numpy(p.lam[cut].astype(
                 np.float64 if self.mode == "batch" else np.float32)).to(
                 device=device, dtype=y.dtype).view(-1, 1)
             target[rows] = y[rows] * lam_rows + region[rows] * (1 - lam_rows)
         return target
 
-    def _mix_targets_numba(self, y: torch.Tensor, p: dict, region_rows: Optional[np.ndarray],
+    def _mix_targets_numba(self, y: torch.Tensor, p: MixPlan, region_rows: Optional[np.ndarray],
                            region: Optional[torch.Tensor], slot: int) -> torch.Tensor:
         """The CPU path of _mix_targets, the same values bit for bit, in one pass, into the
         slot's target buffer (in the loader; a new array for direct calls)."""
         dtype = y.numpy().dtype.type
         if self.mode == "batch":       # a float lambda: 1 - lam in float64, then cast
-            lam = p["lam"].astype(np.float64)
+            lam = p.lam.astype(np.float64)
             big, rest = lam.astype(dtype), (1.0 - lam).astype(dtype)
         else:                          # a float32 tensor cast to y's dtype: 1 - lam there
-            big = p["lam"].astype(np.float32).astype(dtype)
+            big = p.lam.astype(np.float32).astype(dtype)
             rest = dtype(1) - big
         use_region = np.zeros(len(big), dtype=np.bool_)
         regions = y.numpy()[:0]
@@ -765,11 +652,11 @@ class Mixup(BatchOp):
             use_region = region_rows
             regions = region.numpy()
             # The region rows' lambdas go through the same cast as in the torch path.
-            lam_rows = p["lam"].astype(np.float64 if self.mode == "batch" else np.float32)
+            lam_rows = p.lam.astype(np.float64 if self.mode == "batch" else np.float32)
             big = np.where(use_region, lam_rows.astype(dtype), big)
             rest = np.where(use_region, dtype(1) - lam_rows.astype(dtype), rest)
         out = self._target_buffer(slot, y.numpy())
-        _mix_target_rows(y.numpy(), np.ascontiguousarray(p["partner"], dtype=np.int64),
+        _mix_target_rows(y.numpy(), np.ascontiguousarray(p.partner, dtype=np.int64),
                          np.ascontiguousarray(regions), use_region, big.astype(dtype),
                          rest.astype(dtype), out)
         return torch.from_numpy(out)

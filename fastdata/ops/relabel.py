@@ -32,8 +32,10 @@ from numba import njit
 
 from ..fields import LabelMapField, RGBImageField
 from ..fields.label_map import MAX_CLASS_ID, as_numpy
+from ..pixels.boxes import from_timm
 from ..reader import SampleError
-from .base import BatchContext, Decoder
+from .base import BatchContext, Decoder, register_default_decoder
+from .crops import CropView
 
 STATUS_OK, STATUS_BAD_ID, STATUS_BAD_SCORE = 0, 1, 2
 
@@ -61,14 +63,13 @@ def output_region_to_stored(boxes: np.ndarray, flips: np.ndarray, output_size: t
     shows the crop's column out_w - x, so the region is mirrored before it is scaled."""
     out_h, out_w = float(output_size[0]), float(output_size[1])
     boxes = np.asarray(boxes, dtype=np.float64)
-    regions = np.asarray(regions, dtype=np.float64)
-    y0, y1, x0, x1 = regions.T
+    y0, x0, h, w = from_timm(regions).T
     flipped = np.asarray(flips).astype(bool)
-    x0, x1 = np.where(flipped, out_w - x1, x0), np.where(flipped, out_w - x0, x1)
+    x0 = np.where(flipped, out_w - (x0 + w), x0)
     top = boxes[:, 0] + y0 * boxes[:, 2] / out_h
     left = boxes[:, 1] + x0 * boxes[:, 3] / out_w
-    height = (y1 - y0) * boxes[:, 2] / out_h
-    width = (x1 - x0) * boxes[:, 3] / out_w
+    height = h * boxes[:, 2] / out_h
+    width = w * boxes[:, 3] / out_w
     return np.stack([top, left, height, width], axis=1)
 
 
@@ -230,9 +231,10 @@ class LabelMapPool(Decoder):
     view: with a MultiView image pipeline, the view whose crops the targets follow (default 0).
 
     Use: ``pipelines={'image': [RandomResizedCrop(224), RandomHorizontalFlip(), ...],
-    'relabel': [LabelMapPool(image='image'), ToTensor()]}``.  Each batch also leaves
-    ``ctx.params[<field>]`` = {'image', 'rois', 'region_target', 'pool', 'targets'}, so that a
-    batch op can ask for ``region_target(ctx, partner_positions, boxes)``.
+    'relabel': [LabelMapPool(image='image'), ToTensor()]}``.  It reads the image field's crops
+    (``reads``), so the Loader prepares it after that field's decoder.  Given to
+    ``Mixup(region_target=pool)``, it labels each CutMix region from the partner's own map
+    (``region_target``); ``fastdata.presets.relabel_cutmix`` wires both.
     """
 
     parallel = True
@@ -251,6 +253,10 @@ class LabelMapPool(Decoder):
 
     field_types = (LabelMapField,)
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.image,)
+
     def bind(self, reader, name: str, field_index: int) -> None:
         super().bind(reader, name, field_index)     # checks the field type
         field = reader.fields[name]
@@ -267,36 +273,33 @@ class LabelMapPool(Decoder):
     def sample_shape(self, batch_size: int):
         return (self.num_classes,), np.float32
 
-    def _image_params(self, ctx: BatchContext) -> dict:
-        params = ctx.params.get(self.image)
-        if params is None:
+    def _crops(self, ctx: BatchContext) -> CropView:
+        """The crops of the image view this decoder follows."""
+        crops = ctx.crops.get(self.image)
+        if crops is None:
             raise RuntimeError(f"LabelMapPool: no crop boxes for image field {self.image!r} in "
                                f"this batch; load that field with an image decoder (its "
                                f"pipeline must not be None)")
-        views = params.get("views")
-        if views is not None:
-            if self.view >= len(views):
-                raise ValueError(f"LabelMapPool(view={self.view}): image field {self.image!r} "
-                                 f"has {len(views)} views")
-            return views[self.view]
-        if self.view:
+        if self.view >= crops.views:
             raise ValueError(f"LabelMapPool(view={self.view}): image field {self.image!r} has "
-                             f"one view")
-        return params
+                             + (f"{crops.views} views" if crops.views > 1 else "one view"))
+        return crops.view(self.view)
 
     def _rois(self, stored_boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         return map_rois(stored_boxes, sizes, self.field.height, self.field.width,
                         self.transposed_box)
 
+    def whole_crop_rois(self, ctx: BatchContext) -> np.ndarray:
+        """float32[B, 4] RoIAlign boxes (x1, y1, x2, y2, map cells) of each sample's whole
+        crop."""
+        crop = self._crops(ctx)
+        out_h, out_w = crop.output_size
+        whole = np.tile(np.array([0.0, out_h, 0.0, out_w]), (len(ctx.indices), 1))
+        stored = output_region_to_stored(crop.boxes, crop.flips, (out_h, out_w), whole)
+        return self._rois(stored, crop.sizes)
+
     def prepare(self, ctx: BatchContext, out: np.ndarray) -> None:
-        params = self._image_params(ctx)
-        n = len(ctx.indices)
-        out_h, out_w = params["output_size"]
-        whole = np.tile(np.array([0.0, out_h, 0.0, out_w]), (n, 1))
-        stored = output_region_to_stored(params["boxes"], params["flips"], (out_h, out_w), whole)
-        ctx.params[self.name] = {
-            "image": self.image, "rois": self._rois(stored, params["sizes"]),
-            "region_target": self.region_target, "pool": self, "targets": out[:n]}
+        self._crops(ctx)        # the image's crops must be there: fail in the producer thread
 
     def make_worker_state(self) -> dict:
         return self._scratch(self.batch_size)
@@ -332,7 +335,7 @@ class LabelMapPool(Decoder):
 
     def decode_range(self, ctx: BatchContext, start: int, stop: int, out: np.ndarray,
                      worker: dict) -> None:
-        rois = ctx.params[self.name]["rois"]
+        rois = self.whole_crop_rois(ctx)
         positions = np.arange(len(ctx.indices), dtype=np.int64)
         self._pool(ctx.indices, positions, rois, start, stop, out, worker)
 
@@ -342,7 +345,7 @@ class LabelMapPool(Decoder):
         the region is mapped back through that sample's flip and crop to its stored image and
         pooled from its own label map (RoIAlign 1 x 1 + softmax, as the whole-crop target)."""
         import torch
-        params = self._image_params(ctx)
+        crop = self._crops(ctx)
         n = len(ctx.indices)
         partners = as_numpy(partner_positions, "partner_positions").astype(np.int64).reshape(-1)
         regions = as_numpy(boxes, "boxes").astype(np.float64)
@@ -351,7 +354,7 @@ class LabelMapPool(Decoder):
                              f"{tuple(regions.shape)}")
         if len(partners) and (partners.min() < 0 or partners.max() >= n):
             raise ValueError(f"partner positions must be in [0, {n})")
-        out_h, out_w = params["output_size"]
+        out_h, out_w = crop.output_size
         y0, y1, x0, x1 = regions.T if len(regions) else (np.zeros(0),) * 4
         bad = ~(np.isfinite(regions).all(axis=1) & (0 <= y0) & (y0 <= y1) & (y1 <= out_h)
                 & (0 <= x0) & (x0 <= x1) & (x1 <= out_w))
@@ -359,15 +362,16 @@ class LabelMapPool(Decoder):
             k = int(np.argmax(bad))
             raise ValueError(f"box {k} {regions[k].tolist()} is not a (y0, y1, x0, x1) region "
                              f"of the {out_h}x{out_w} output")
-        stored = output_region_to_stored(params["boxes"][partners], params["flips"][partners],
+        stored = output_region_to_stored(crop.boxes[partners], crop.flips[partners],
                                          (out_h, out_w), regions)
-        rois = self._rois(stored, params["sizes"][partners])
+        rois = self._rois(stored, crop.sizes[partners])
         out = np.empty((len(partners), self.num_classes), dtype=np.float32)
         self._pool(ctx.indices, partners, rois, 0, len(partners), out,
                    self._scratch(len(partners)))
         return torch.from_numpy(out)
 
 
+@register_default_decoder
 class LabelMapDecoder(Decoder):
     """LabelMapField -> the raw maps, float32 [B, 2, k, H, W] (row 0 scores, row 1 class ids),
     the layout of ReLabel's files (for custom pooling, or to inspect)."""

@@ -25,19 +25,18 @@ kernel never sees a bad offset.  This streams the whole field once per open Read
 from __future__ import annotations
 
 import weakref
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Optional, Union
 
 import numpy as np
-from numba import njit
 
-from .. import libturbojpeg
 from ..fields.reinforce import ReinforcementField, first_bad_record
-from ..reader import SampleError
+from ..pixels.mix import mix_range
 from ..rng import OP_REPLAY, draws
-from .base import BatchContext, Decoder
-from .image_decoders import ImageDecoder, RandomHorizontalFlip, no_paste
-from .image_kernel import (OPT_MAX_DENOM, OPT_WITHIN_BOX, STATUS_NEEDS_PYTHON, dct_denominator,
-                           resize_decoded)
+from .backends import ImageBackend
+from .base import BatchContext, Decoder, register_default_decoder
+from .crops import CropParams
+from .image_decoders import ImageDecoder, RandomHorizontalFlip
 from .targets import _MODE_IDS, DENSIFY_MODES, densify
 
 _SUMMARIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -123,47 +122,20 @@ def map_boxes(boxes: np.ndarray, original: np.ndarray, stored: np.ndarray) -> np
                                 .astype(np.int64))
 
 
-@njit(cache=True, nogil=True)
-def mix_range(out: np.ndarray, partner: np.ndarray, positions: np.ndarray, mixup: np.ndarray,
-              cutmix: np.ndarray, cut_boxes: np.ndarray) -> None:
-    """For m in range(len(positions)): mix partner[m] into out[positions[m]]: mixup
-    (floor(lam x + (1 - lam) x2 + 0.5), float64) when mixup[m] is not NaN, then cutmix (rows
-    r1:r2, columns c1:c2 copied) when cutmix[m] is not NaN.  out and partner are C-contiguous
-    [n, H, W, 3] uint8."""
-    for m in range(len(positions)):
-        dst = out[positions[m]]
-        src = partner[m]
-        lam = mixup[m]
-        if not np.isnan(lam):
-            _blend(dst.reshape(-1), src.reshape(-1), lam, 1.0 - lam)
-        if not np.isnan(cutmix[m]):
-            row = dst.shape[1] * 3
-            a, b = cut_boxes[m, 1] * 3, cut_boxes[m, 3] * 3
-            flat_dst, flat_src = dst.reshape(-1), src.reshape(-1)
-            for y in range(cut_boxes[m, 0], cut_boxes[m, 2]):
-                flat_dst[y * row + a:y * row + b] = flat_src[y * row + a:y * row + b]
-
-
-@njit(cache=True, nogil=True)
-def _blend(dst: np.ndarray, src: np.ndarray, lam: float, rest: float) -> None:
-    """dst = floor(lam * dst + rest * src + 0.5) in float64, over flat uint8 arrays: one flat
-    loop with unsigned indices, which vectorises (nested y, x, c loops ran 7x slower)."""
-    for t in range(np.uint64(dst.shape[0])):
-        v = lam * np.float64(dst[t]) + rest * np.float64(src[t])
-        dst[t] = np.uint8(np.floor(v + 0.5))
-
-
 class ReplayedCrop(ImageDecoder):
     """Replays one stored augmentation per sample from ReinforcementField ``reinforce``: its
     crop, flip and (with a partner) mixup/cutmix, at ``output_size`` (see the module docstring).
-    The choice is kept in ``ctx.params[image]['replay']`` ('choice', 'records', ...)."""
+    The choice is kept in the batch's crops: ``ctx.crops[image].replay`` (a ReplayPlan).  The
+    crops and the partners' crops are decoded by the op's backend (``backend=``, default
+    "cpu")."""
 
     supports_paste = False     # its own mixing reads the decoded pixels after decoding
 
     def __init__(self, output_size: Any = 224, reinforce: str = "reinforce", *,
                  dct_scaling: bool = True, accept_jpeg_warnings: bool = False,
-                 use_libturbojpeg: bool = True):
-        super().__init__(output_size, dct_scaling, accept_jpeg_warnings, use_libturbojpeg)
+                 use_libturbojpeg: bool = True, backend: Union[str, ImageBackend] = "cpu"):
+        super().__init__(output_size, dct_scaling, accept_jpeg_warnings, use_libturbojpeg,
+                         backend)
         self.reinforce = reinforce
 
     def absorb(self, ops: list) -> list:
@@ -217,7 +189,7 @@ class ReplayedCrop(ImageDecoder):
         idx = ctx.indices
         original, stored = self._original[idx], self._stored[idx]
         boxes = map_boxes(recs["box"], original, stored).astype(np.float64)
-        flips = np.ascontiguousarray(recs["flip"].astype(np.uint8))
+        flips = recs["flip"].astype(np.uint8)
         partner = recs["partner"].astype(np.int64)
         pos = np.flatnonzero(partner >= 0).astype(np.int64)
         pidx = np.ascontiguousarray(partner[pos])
@@ -230,60 +202,61 @@ class ReplayedCrop(ImageDecoder):
         if (gen_h, gen_w) != (out_h, out_w):
             cbox = np.floor(cbox * np.array([out_h / gen_h, out_w / gen_w] * 2) + 0.5)
         cbox = np.clip(cbox, 0, [out_h, out_w, out_h, out_w]).astype(np.int64)
-        ctx.params[self.name] = {
-            "boxes": boxes, "flips": flips, "sizes": stored, "original_sizes": original,
-            "output_size": self.output_size, "all_boxes": boxes[None], "all_flips": flips[None],
-            "paste": no_paste(len(idx)), "view_opts": self.view_options(),
-            "replay": {
-                "field": self.reinforce, "choice": choice, "records": recs,
-                "partner_positions": pos, "partner_indices": pidx,
-                "partner_boxes": np.ascontiguousarray(pboxes[None]),
-                "partner_flips": np.ascontiguousarray(
-                    recs["partner_flip"][pos].astype(np.uint8)[None]),
-                "mixup": np.ascontiguousarray(recs["mixup"][pos].astype(np.float64)),
-                "cutmix": np.ascontiguousarray(recs["cutmix"][pos].astype(np.float64)),
-                "cutmix_boxes": np.ascontiguousarray(cbox)}}
+        partner_crops = CropParams.single_view(
+            pboxes, recs["partner_flip"][pos].astype(np.uint8), self._stored[pidx],
+            self._original[pidx], self.output_size, self.view_options())
+        crops = CropParams.single_view(boxes, flips, stored, original, self.output_size,
+                                       self.view_options())
+        crops.replay = ReplayPlan(
+            field=self.reinforce, choice=choice, records=recs, partner_positions=pos,
+            partner_indices=pidx, partner_crops=partner_crops,
+            mixup=np.ascontiguousarray(recs["mixup"][pos].astype(np.float64)),
+            cutmix=np.ascontiguousarray(recs["cutmix"][pos].astype(np.float64)),
+            cutmix_boxes=np.ascontiguousarray(cbox))
+        ctx.crops[self.name] = crops
 
     def decode_range(self, ctx: BatchContext, start: int, stop: int, out: Any,
                      worker: dict) -> None:
         super().decode_range(ctx, start, stop, out, worker)
-        rp = ctx.params[self.name]["replay"]
-        pos = rp["partner_positions"]
-        m0, m1 = np.searchsorted(pos, start), np.searchsorted(pos, stop)
-        n = int(m1 - m0)
+        rp = ctx.crops[self.name].replay
+        pos = rp.partner_positions
+        m0, m1 = int(np.searchsorted(pos, start)), int(np.searchsorted(pos, stop))
+        n = m1 - m0
         if n == 0:
             return
         buf = worker.get("partner")
         if buf is None or len(buf) < n:
             buf = worker["partner"] = np.empty((max(n, 4), *self.output_size, 3), np.uint8)
-            worker["partner_status"] = np.zeros(len(buf), dtype=np.int64)
-        status = worker["partner_status"]
-        pidx = rp["partner_indices"][m0:m1]
-        pboxes = np.ascontiguousarray(rp["partner_boxes"][:, m0:m1])
-        pflips = np.ascontiguousarray(rp["partner_flips"][:, m0:m1])
-        order, paste_to, paste_boxes = no_paste(n)
-        opts = ctx.params[self.name]["view_opts"]
-        self.run_kernel(pidx, order, pboxes, pflips, opts, 0, n, (buf,), paste_to, paste_boxes,
-                        worker, status, lambda m: f" (mixing partner of sample "
-                                                  f"{int(ctx.indices[pos[m0 + m]])})")
-        for m in range(n):
-            if status[m] == STATUS_NEEDS_PYTHON:
-                self._decode_one_python(int(pidx[m]), pboxes[0, m], bool(pflips[0, m]), buf[m],
-                                        opts[0], worker)
-        mix_range(out, buf, pos[m0:m1], rp["mixup"][m0:m1], rp["cutmix"][m0:m1],
-                  rp["cutmix_boxes"][m0:m1])
-
-    def _decode_one_python(self, index: int, box: np.ndarray, flip: bool, dst: np.ndarray,
-                           opt: np.ndarray, worker: dict) -> None:
-        """Without libturbojpeg 3: the partner's JPEG through simplejpeg, then the same resize."""
-        denom = dct_denominator(box[2], box[3], dst.shape[0], dst.shape[1],
-                                int(opt[OPT_MAX_DENOM]))
-        rgb = self.decode_jpeg_python(index, denom)
-        resize_decoded(rgb, box[0] / denom, box[1] / denom, box[2] / denom, box[3] / denom, dst,
-                       flip, worker["scratch"], dst, np.zeros(4, dtype=np.int64),
-                       bool(opt[OPT_WITHIN_BOX]))
+        self.backend.decode_range(rp.partner_crops.take(m0, m1), rp.partner_indices[m0:m1], 0,
+                                  n, (buf,), worker,
+                                  lambda m: f" (mixing partner of sample "
+                                            f"{int(ctx.indices[pos[m0 + m]])})")
+        mix_range(out, buf, pos[m0:m1], rp.mixup[m0:m1], rp.cutmix[m0:m1],
+                  rp.cutmix_boxes[m0:m1])
 
 
+@dataclass
+class ReplayPlan:
+    """What ReplayedCrop replays for a batch of n samples, m of which have a mixing partner.
+
+    field: the ReinforcementField; choice: int64[n] the record chosen per sample (None when the
+    records were given); records: the chosen records (structured [n]); partner_positions:
+    int64[m] the batch positions with a partner (ascending); partner_indices: int64[m] their
+    partners' sample indices; partner_crops: the partners' CropParams (one view, m samples);
+    mixup, cutmix: float64[m] lambdas (NaN: not applied); cutmix_boxes: int64[m, 4] (r1, c1, r2,
+    c2) in output pixels, ml-dr's convention."""
+    field: str
+    choice: Optional[np.ndarray]
+    records: np.ndarray
+    partner_positions: np.ndarray
+    partner_indices: np.ndarray
+    partner_crops: CropParams
+    mixup: np.ndarray
+    cutmix: np.ndarray
+    cutmix_boxes: np.ndarray
+
+
+@register_default_decoder
 class ReplayTargets(Decoder):
     """ReinforcementField -> float32 [B, num_classes]: the densified teacher top-k of the record
     that the ReplayedCrop of image field ``image`` chose for each sample."""
@@ -296,6 +269,10 @@ class ReplayTargets(Decoder):
         self.image = image
 
     field_types = (ReinforcementField,)
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.image,)
 
     def bind(self, reader, name, field_index):
         super().bind(reader, name, field_index)
@@ -313,14 +290,15 @@ class ReplayTargets(Decoder):
         return (self.num_classes,), np.float32
 
     def prepare(self, ctx: BatchContext, out: np.ndarray) -> None:
-        replay = ctx.params.get(self.image, {}).get("replay")
-        if replay is None or replay["field"] != self.name:
+        crops = ctx.crops.get(self.image)
+        replay = None if crops is None else crops.replay
+        if replay is None or replay.field != self.name:
             raise ValueError(f"ReplayTargets needs the pipeline of {self.image!r} to start with "
                              f"ReplayedCrop(..., reinforce={self.name!r})")
-        recs = replay["records"]
+        recs = replay.records
         densify(recs["ids"].astype(np.int64), recs["probs"].astype(np.float32),
                 _MODE_IDS[self.densify], out[:len(ctx.indices)])
 
 
-__all__ = ["ReplayedCrop", "ReplayTargets", "map_boxes", "mix_range",
+__all__ = ["ReplayedCrop", "ReplayTargets", "ReplayPlan", "map_boxes",
            "original_and_stored_sizes"]

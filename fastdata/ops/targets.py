@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from ..fields.topk import TopKField
-from .base import BatchContext, Decoder
+from .base import BatchContext, Decoder, register_default_decoder
 
 DENSIFY_MODES = ("smooth", "zeros", "renorm")
 _MODE_IDS = {name: i for i, name in enumerate(DENSIFY_MODES)}
@@ -62,6 +62,7 @@ def gather_topk(data: np.ndarray, ptrs: np.ndarray, k: int) -> tuple[np.ndarray,
     return ids, probs
 
 
+@register_default_decoder
 class TeacherTargets(Decoder):
     """TopKField -> float32 [B, num_classes] dense soft targets (see the module docstring)."""
 

@@ -44,6 +44,7 @@ class ToDevice(BatchOp):
 
     def __init__(self, device: Any = "cuda", non_blocking: bool = True):
         self.device = torch.device(device)
+        self.target_device = self.device.type
         self.non_blocking = non_blocking
 
     def __call__(self, batch: Any, ctx: BatchContext) -> Any:

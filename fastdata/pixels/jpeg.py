@@ -3,9 +3,9 @@
 The writer decodes with simplejpeg (the fastest full decode measured, GIL released) and encodes
 with OpenCV (the fastest encoder, and FFCV's, so re-encoded bytes match FFCV's); both wheels ship
 libjpeg-turbo, so no compiler or system library is needed.  The loader decodes regions through
-libturbojpeg 3 (fastdata.libturbojpeg).  bench/jpeg_codecs.py has the measurements.  The header
-parser is ours: it walks the marker segments with a bounds check on every length, so no file
-content can make it read out of range.
+libturbojpeg 3 (fastdata.pixels.libturbojpeg).  bench/jpeg_codecs.py has the measurements.
+The header parser is ours: it walks the marker segments with a bounds check on every length, so
+no file content can make it read out of range.
 """
 from __future__ import annotations
 

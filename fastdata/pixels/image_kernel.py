@@ -12,9 +12,9 @@ import math
 import numpy as np
 from numba import njit
 
-from .. import libturbojpeg
-from ..jpeg import ends_with_eoi, quant_tables_valid
-from ..libturbojpeg import MCU_WIDTH, decode_region, read_header, scaled
+from . import libturbojpeg
+from .jpeg import ends_with_eoi, quant_tables_valid
+from .libturbojpeg import MCU_WIDTH, decode_region, read_header, scaled
 from .resample import resize_crop_paste_into
 
 STATUS_OK = 0
