@@ -14,7 +14,8 @@ from .fields.rgb_image import WRITE_MODES, RGBImageField
 from .constants import DEFAULT_PAGE_SIZE
 from .format import FormatError
 from .reader import Reader, SampleError
-from .writer import WriteError, WriteReport, WriteTerminated, default_workers
+from .workers import default_workers
+from .writer import WriteError, WriteReport, WriteTerminated
 
 
 class UserError(Exception):

@@ -36,7 +36,7 @@ from .ops.tensor import ToTensor
 from .order import OrderOption, as_order, epoch_order, shard
 from .reader import Reader, SampleError
 from .rng import OP_SKIP, draw
-from .writer import resolve_workers
+from .workers import resolve_workers
 
 logger = logging.getLogger("fastdata")
 

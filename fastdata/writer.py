@@ -32,6 +32,7 @@ import numpy as np
 from . import format as fmt
 from .constants import DEFAULT_PAGE_SIZE
 from .fields import Field
+from .workers import resolve_workers
 
 
 class WriteError(RuntimeError):
@@ -73,26 +74,6 @@ class WriteReport:
     @property
     def samples_per_second(self) -> float:
         return self.num_written / self.seconds if self.seconds > 0 else float("inf")
-
-
-def default_workers() -> int:
-    """All the cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def resolve_workers(num_workers: Optional[int]) -> int:
-    """The number of worker threads ``num_workers`` asks for, as the writer and the Loader read
-    it: -1 (or None) every core this process may use, 0 none (the calling thread does the work,
-    as torch's DataLoader with num_workers=0), n > 0 that many.  ValueError otherwise."""
-    if num_workers is None or (not isinstance(num_workers, bool) and num_workers == -1):
-        return default_workers()
-    if isinstance(num_workers, bool) or int(num_workers) != num_workers or num_workers < 0:
-        raise ValueError(f"num_workers must be -1 (every core), 0 (no worker threads) or a "
-                         f"positive number of threads, got {num_workers!r}")
-    return int(num_workers)
 
 
 def _pwrite_all(fd: int, offset: int, data) -> None:

@@ -14,7 +14,7 @@ from fastdata.fields.rgb_image import MODE_JPG  # noqa: E402
 from fastdata.ops import (IntDecoder, RandomHorizontalFlip, RandomResizedCrop,  # noqa: E402
                           Squeeze, ToTensor, ToTorchImage)
 from fastdata.ops.base import BatchOp  # noqa: E402
-from fastdata.writer import default_workers, resolve_workers  # noqa: E402
+from fastdata.workers import default_workers, resolve_workers  # noqa: E402
 
 N = 40
 

@@ -297,7 +297,7 @@ def test_mixing_replay_matches_reference(reinforced):
     # Each sample's and each partner's crop alone, through a loader over single-record files.
     solo = ReplayedCrop(OUT)
     solo.bind_image(reader, "image", 0)
-    solo.batch_size = 1
+    solo.setup_backend(1)
     state = solo.make_worker_state()
     mixed = 0
     for k, (i, j) in enumerate(zip(order, choice)):
@@ -311,11 +311,9 @@ def test_mixing_replay_matches_reference(reinforced):
             single = np.zeros(1, rec.dtype)
             single["box"], single["flip"], single["partner"] = box, flip, -1
             single["mixup"] = single["cutmix"] = np.nan
-            ctx = fastdata.ops.BatchContext(indices=np.array([idx], np.int64), epoch=0, seed=0,
-                                            slot=0)
-            solo.apply_records(ctx, single)
+            one = np.array([idx], np.int64)
             out = np.zeros((1, OUT, OUT, 3), np.uint8)
-            solo.decode_range(ctx, 0, 1, out, state)
+            solo.replay_range(solo.crops_for_records(one, single), one, 0, 1, out, state)
             crops.append(out[0].astype(np.float64))
         x, x2 = crops
         ref = x.copy()

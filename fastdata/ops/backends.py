@@ -61,15 +61,14 @@ class StoredImages:
     name: str
 
     @classmethod
-    def from_reader(cls, reader, name: str, column: np.ndarray) -> "StoredImages":
-        table = reader.side_table(name)
-        widths = np.ascontiguousarray(column["width"]).astype(np.int64)
-        heights = np.ascontiguousarray(column["height"]).astype(np.int64)
+    def from_reader(cls, reader, name: str) -> "StoredImages":
+        column = reader.column(name)
+        stored, original = reader.image_sizes(name)
         return cls(reader.data, np.ascontiguousarray(column["mode"]).astype(np.uint8),
                    reader.payload_ptrs(name).astype(np.int64),
-                   reader.payload_sizes(name).astype(np.int64), heights, widths,
-                   heights if table is None else table["height"].astype(np.int64),
-                   widths if table is None else table["width"].astype(np.int64), name)
+                   reader.payload_sizes(name).astype(np.int64),
+                   *(np.ascontiguousarray(a) for a in (stored[:, 0], stored[:, 1],
+                                                       original[:, 0], original[:, 1])), name)
 
     def payload(self, index: int) -> np.ndarray:
         """Sample ``index``'s stored bytes (a view into the file)."""

@@ -133,7 +133,7 @@ class ImageDecoder(Decoder):
 
     def bind(self, reader, name: str, field_index: int) -> None:
         super().bind(reader, name, field_index)
-        self.images = StoredImages.from_reader(reader, name, self.column)
+        self.images = StoredImages.from_reader(reader, name)
         self.heights, self.widths = self.images.heights, self.images.widths
         self.orig_heights, self.orig_widths = self.images.orig_heights, self.images.orig_widths
         self.setup_backend(getattr(self, "batch_size", 1))

@@ -43,17 +43,6 @@ _SUMMARIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _CHECK_BYTES = 64 << 20
 
 
-def original_and_stored_sizes(reader, image: str) -> tuple[np.ndarray, np.ndarray]:
-    """(original [N, 2], stored [N, 2]) (height, width) of image field ``image``."""
-    k = reader.field_names.index(image)
-    column = reader.metadata[f"f{k}"]
-    stored = np.stack([column["height"], column["width"]], axis=1).astype(np.int64)
-    table = reader.side_table(image)
-    original = stored if table is None else \
-        np.stack([table["height"], table["width"]], axis=1).astype(np.int64)
-    return original, stored
-
-
 def _summary(reader, reinforce: str, image: str) -> dict:
     """Validate every record of field ``reinforce`` against image field ``image`` (once per
     reader); returns {'max_id': largest class id}.  ValueError naming sample and augmentation."""
@@ -61,7 +50,7 @@ def _summary(reader, reinforce: str, image: str) -> dict:
     if (reinforce, image) in cache:
         return cache[(reinforce, image)]
     field = reader.fields[reinforce]
-    original, _ = original_and_stored_sizes(reader, image)
+    original = reader.image_sizes(image).original
     ptrs = reader.payload_ptrs(reinforce).astype(np.int64)
     n, ns = len(reader), field.num_augs
     out_h, out_w = field.output_size
@@ -159,8 +148,8 @@ class ReplayedCrop(ImageDecoder):
         _summary(reader, self.reinforce, name)
 
     def bind_image(self, reader, name: str, field_index: int) -> None:
-        """Attach to the image field only (for apply_records without a reinforcement field, as
-        the reinforce writer does)."""
+        """Attach to the image field only, to replay explicit records (``crops_for_records`` +
+        ``replay_range``) without a reinforcement field, as the reinforce writer does."""
         super().bind(reader, name, field_index)
         self.field = None
         self._original = np.stack([self.orig_heights, self.orig_widths], axis=1)
@@ -179,14 +168,17 @@ class ReplayedCrop(ImageDecoder):
 
     def prepare(self, ctx: BatchContext, out: Any) -> None:
         choice = self.choose(ctx)
-        self.apply_records(ctx, self.gather(ctx.indices, choice), choice)
+        ctx.crops[self.name] = self.crops_for_records(ctx.indices,
+                                                      self.gather(ctx.indices, choice), choice)
 
-    def apply_records(self, ctx: BatchContext, recs: np.ndarray,
-                      choice: Optional[np.ndarray] = None,
-                      generated_size: Optional[tuple[int, int]] = None) -> None:
-        """Set this batch's params from explicit records (one per ctx.indices, already valid
-        for this file): what prepare does after choosing."""
-        idx = ctx.indices
+    def crops_for_records(self, indices: np.ndarray, recs: np.ndarray,
+                          choice: Optional[np.ndarray] = None,
+                          generated_size: Optional[tuple[int, int]] = None) -> CropParams:
+        """The crops (with their ReplayPlan) that replay explicit records, one per sample
+        ``indices[k]`` and already valid for this file: what prepare draws after choosing.
+        generated_size: the output size the records' CutMix boxes were drawn for (default: the
+        field's)."""
+        idx = np.ascontiguousarray(indices, dtype=np.int64)
         original, stored = self._original[idx], self._stored[idx]
         boxes = map_boxes(recs["box"], original, stored).astype(np.float64)
         flips = recs["flip"].astype(np.uint8)
@@ -213,12 +205,19 @@ class ReplayedCrop(ImageDecoder):
             mixup=np.ascontiguousarray(recs["mixup"][pos].astype(np.float64)),
             cutmix=np.ascontiguousarray(recs["cutmix"][pos].astype(np.float64)),
             cutmix_boxes=np.ascontiguousarray(cbox))
-        ctx.crops[self.name] = crops
+        return crops
 
     def decode_range(self, ctx: BatchContext, start: int, stop: int, out: Any,
                      worker: dict) -> None:
-        super().decode_range(ctx, start, stop, out, worker)
-        rp = ctx.crops[self.name].replay
+        self.replay_range(ctx.crops[self.name], ctx.indices, start, stop, out, worker)
+
+    def replay_range(self, crops: CropParams, indices: np.ndarray, start: int, stop: int,
+                     out: np.ndarray, worker: dict) -> None:
+        """Positions start:stop of ``crops`` (from crops_for_records) into out (uint8 [n, H, W,
+        3]): each crop through the backend, then its partner's, mixed as recorded.  ``worker``:
+        from make_worker_state, one per thread."""
+        self.backend.decode_range(crops, indices, start, stop, (out,), worker)
+        rp = crops.replay
         pos = rp.partner_positions
         m0, m1 = int(np.searchsorted(pos, start)), int(np.searchsorted(pos, stop))
         n = m1 - m0
@@ -230,7 +229,7 @@ class ReplayedCrop(ImageDecoder):
         self.backend.decode_range(rp.partner_crops.take(m0, m1), rp.partner_indices[m0:m1], 0,
                                   n, (buf,), worker,
                                   lambda m: f" (mixing partner of sample "
-                                            f"{int(ctx.indices[pos[m0 + m]])})")
+                                            f"{int(indices[pos[m0 + m]])})")
         mix_range(out, buf, pos[m0:m1], rp.mixup[m0:m1], rp.cutmix[m0:m1],
                   rp.cutmix_boxes[m0:m1])
 
@@ -300,5 +299,4 @@ class ReplayTargets(Decoder):
                 _MODE_IDS[self.densify], out[:len(ctx.indices)])
 
 
-__all__ = ["ReplayedCrop", "ReplayTargets", "ReplayPlan", "map_boxes",
-           "original_and_stored_sizes"]
+__all__ = ["ReplayedCrop", "ReplayTargets", "ReplayPlan", "map_boxes"]

@@ -13,32 +13,23 @@ from numba import njit
 
 # -- Mixup: row i with row B-1-i, both read before either is written -----------------------------
 
-@njit(cache=True, nogil=True)
-def mix_pairs_u8(flat: np.ndarray, lam: np.ndarray, rest: np.ndarray,
-                 rows: np.ndarray) -> None:
-    """uint8 rows: rint(float32(x_i) * lam_i + float32(x_j) * rest_i) (FastCollateMixup)."""
-    size, n = flat.shape
-    for i in range(size // 2):
-        j = size - 1 - i
-        li, ri, lj, rj = lam[i], rest[i], lam[j], rest[j]
-        a, b = flat[i], flat[j]
-        if rows[i] and rows[j]:
-            for k in range(n):
-                u, w = np.float32(a[k]), np.float32(b[k])
-                a[k] = np.uint8(np.rint(u * li + w * ri))
-                b[k] = np.uint8(np.rint(w * lj + u * rj))
-        elif rows[i]:
-            for k in range(n):
-                a[k] = np.uint8(np.rint(np.float32(a[k]) * li + np.float32(b[k]) * ri))
-        elif rows[j]:
-            for k in range(n):
-                b[k] = np.uint8(np.rint(np.float32(b[k]) * lj + np.float32(a[k]) * rj))
+@njit(cache=True, nogil=True, inline="always")
+def _blend_u8(x, y, lam, rest):
+    """FastCollateMixup's rounding: float32 arithmetic, rounded back to uint8."""
+    return np.uint8(np.rint(np.float32(x) * lam + np.float32(y) * rest))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _blend_same(x, y, lam, rest):
+    """Mixup's arithmetic in the images' own dtype."""
+    return x * lam + y * rest
 
 
 @njit(cache=True, nogil=True)
-def mix_pairs_float(flat: np.ndarray, lam: np.ndarray, rest: np.ndarray,
-                    rows: np.ndarray) -> None:
-    """float rows, in their own dtype: x_i * lam_i + x_j * rest_i (Mixup)."""
+def _mix_pairs(flat: np.ndarray, lam: np.ndarray, rest: np.ndarray, rows: np.ndarray,
+               blend) -> None:
+    """Rows i and B-1-i, each blended with the other (both read before either is written) where
+    rows[] says so.  ``blend`` is a compiled function: each one gets its own specialised loop."""
     size, n = flat.shape
     for i in range(size // 2):
         j = size - 1 - i
@@ -47,14 +38,25 @@ def mix_pairs_float(flat: np.ndarray, lam: np.ndarray, rest: np.ndarray,
         if rows[i] and rows[j]:
             for k in range(n):
                 u, w = a[k], b[k]
-                a[k] = u * li + w * ri
-                b[k] = w * lj + u * rj
+                a[k] = blend(u, w, li, ri)
+                b[k] = blend(w, u, lj, rj)
         elif rows[i]:
             for k in range(n):
-                a[k] = a[k] * li + b[k] * ri
+                a[k] = blend(a[k], b[k], li, ri)
         elif rows[j]:
             for k in range(n):
-                b[k] = b[k] * lj + a[k] * rj
+                b[k] = blend(b[k], a[k], lj, rj)
+
+
+def mix_pairs_u8(flat: np.ndarray, lam: np.ndarray, rest: np.ndarray, rows: np.ndarray) -> None:
+    """uint8 rows: rint(float32(x_i) * lam_i + float32(x_j) * rest_i) (FastCollateMixup)."""
+    _mix_pairs(flat, lam, rest, rows, _blend_u8)
+
+
+def mix_pairs_float(flat: np.ndarray, lam: np.ndarray, rest: np.ndarray,
+                    rows: np.ndarray) -> None:
+    """float rows, in their own dtype: x_i * lam_i + x_j * rest_i (Mixup)."""
+    _mix_pairs(flat, lam, rest, rows, _blend_same)
 
 
 # -- CutMix: box regions moved between rows ------------------------------------------------------

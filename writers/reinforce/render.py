@@ -10,14 +10,16 @@ from fastdata.reader import Reader
 
 
 class Renderer:
-    """Renders records exactly as ReplayedCrop replays them (same decoder object and kernel)."""
+    """Renders records exactly as the loader replays them: ReplayedCrop's crops for the
+    records (``crops_for_records``), decoded through its image backend and mixed with their
+    partners (``replay_range``), in ``num_workers`` threads (0: the calling thread)."""
 
     def __init__(self, reader: Reader, image: str, output_size: tuple, batch_size: int,
                  num_workers: int):
         from fastdata.ops.replay import ReplayedCrop
         self.decoder = ReplayedCrop(output_size)
         self.decoder.bind_image(reader, image, reader.field_names.index(image))
-        self.decoder.batch_size = batch_size
+        self.decoder.setup_backend(batch_size)
         self.num_workers = num_workers
         # num_workers=0: render in the calling thread.
         self.pool = ThreadPoolExecutor(num_workers, thread_name_prefix="fastdata-reinforce") \
@@ -36,17 +38,16 @@ class Renderer:
 
     def render(self, indices: np.ndarray, recs: np.ndarray, out: np.ndarray) -> np.ndarray:
         """uint8 [n, H, W, 3]: record recs[k] of sample indices[k], for each k."""
-        from fastdata.ops.base import BatchContext
-        ctx = BatchContext(indices=np.ascontiguousarray(indices, np.int64), epoch=0, seed=0,
-                           slot=0)
-        self.decoder.apply_records(ctx, recs)
+        indices = np.ascontiguousarray(indices, np.int64)
+        crops = self.decoder.crops_for_records(indices, recs)
         n = len(indices)
         if self.pool is None:
-            self.decoder.decode_range(ctx, 0, n, out, self._state())
+            self.decoder.replay_range(crops, indices, 0, n, out, self._state())
             return out[:n]
         step = max(1, -(-n // self.num_workers))
-        futures = [self.pool.submit(lambda s: self.decoder.decode_range(
-            ctx, s, min(s + step, n), out, self._state()), s) for s in range(0, n, step)]
+        futures = [self.pool.submit(lambda s: self.decoder.replay_range(
+            crops, indices, s, min(s + step, n), out, self._state()), s)
+            for s in range(0, n, step)]
         for f in futures:
             f.result()
         return out[:n]

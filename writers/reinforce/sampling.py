@@ -10,7 +10,8 @@ from numba import njit
 
 from fastdata.fields.reinforce import record_dtype
 from fastdata.ops.crop_params import random_resized_crop_box
-from fastdata.rng import OP_CROP, OP_FLIP, OP_REINFORCE_MIX, PARTNER_OFFSET, make_key, uniform
+from fastdata.rng import (OP_CROP, OP_FLIP, OP_REINFORCE_MIX, PARTNER_OFFSET, beta_draws,
+                          make_key, uniform)
 
 # Draw numbers k of the OP_REINFORCE_MIX stream of record (seed, aug, index).  Never renumber.
 K_PARTNER = 0        # the partner image, uniform over the other images
@@ -86,8 +87,6 @@ class Augmenter:
 
     def _betas(self, index: int, alpha: float, k0: int) -> np.ndarray:
         """float64[NS]: Beta(alpha, alpha) of each record of image ``index``, from draws k0 on."""
-        # Mixup's counter-based Beta variate (imported here: fastdata.ops.mix needs torch).
-        from fastdata.ops.mix import beta_draws
         keys, alphas = np.array([index], np.int64), np.array([alpha], np.float64)
         return np.array([beta_draws(self.seed, aug, keys, OP_REINFORCE_MIX, alphas, k0)[0]
                          for aug in range(self.num_augs)])

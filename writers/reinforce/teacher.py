@@ -12,7 +12,8 @@ import numpy as np
 from fastdata.constants import IMAGENET_MEAN, IMAGENET_STD, MAX_CLASS_ID
 from fastdata.fields.reinforce import ReinforcementField
 from fastdata.reader import Reader
-from fastdata.writer import DatasetWriter, resolve_workers
+from fastdata.workers import resolve_workers
+from fastdata.writer import DatasetWriter
 
 from .copied import copied_fields, page_size_for, source_image
 from .render import Renderer
