@@ -290,12 +290,25 @@ class Loader:
             epoch, batch = self._next_epoch, 0
         self._next_epoch = epoch + 1
         self._epoch, self._batch = epoch, batch
-        if self._slots is None:
+        layout = self._output_layout()
+        if self._slots is None or layout != self._slots_layout:
+            # First epoch, or an op's output size changed since the ring was made (FFCV's
+            # progressive resizing sets decoder.output_size between epochs): rebind the
+            # backends and reallocate the ring and the paste plan for the new shapes.
+            for p in self.pipelines:
+                p.decoder.setup_backend(self.batch_size)
+            self._pre_decode = self._pre_decode_ops()
+            self._slots = None        # the old ring goes before the new one is allocated
             pin = self._needs_cuda and torch.cuda.is_available()
             self._slots = _Slots(self.pipelines, self.batch_size, self.ring_size, pin)
+            self._slots_layout = layout
         iterator = EpochIterator(self, epoch, batch)
         self._active = weakref.ref(iterator)
         return iterator
+
+    def _output_layout(self) -> list:
+        """Each decoder's per-sample output (shape, dtype) now: what the ring was sized for."""
+        return [p.decoder.sample_shape(self.batch_size) for p in self.pipelines]
 
     def _stop_active(self) -> None:
         previous = self._active() if self._active else None

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 import fastdata  # noqa: E402
 from fastdata import DatasetWriter, IntField, Loader, RGBImageField  # noqa: E402
 from fastdata.demo import synthetic_photo  # noqa: E402
+from fastdata.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from fastdata.ops import (CenterCrop, IntDecoder, Normalize, RandomHorizontalFlip,  # noqa: E402
                           RandomResizedCrop, Squeeze, ToTensor, ToTorchImage)
 from oracles import resize_crop_reference  # noqa: E402
@@ -584,3 +585,44 @@ def test_decoders_that_read_other_crops_prepare_after_them(beton):
     with pytest.raises(ValueError, match="cycle"):
         Loader(beton, batch_size=8, pipelines={"label": [Loop("image")],
                                                "image": [Loop("label")]})
+
+
+# -- progressive resizing ------------------------------------------------------------------------
+
+def _sized_loader(path, decoder, ops=()):
+    return train_loader(path, pipelines={
+        "image": [decoder, RandomHorizontalFlip(), ToTensor(), ToTorchImage(), *ops],
+        "label": [IntDecoder(), ToTensor(), Squeeze()]})
+
+
+@pytest.mark.parametrize("sizes", [(32, 48, 24), (48, 24, 40)])
+def test_output_size_set_between_epochs_takes_effect(beton, sizes):
+    """FFCV's progressive resizing (ffcv-imagenet sets ``decoder.output_size`` before each
+    epoch): each epoch has the size set before its iter(), growing or shrinking, with the same
+    pixels as a loader built at that size; Normalize's per-slot buffers follow."""
+    decoder = RandomResizedCrop(sizes[0])
+    loader = _sized_loader(beton, decoder, [Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    got = []
+    for size in sizes:
+        decoder.output_size = (size, size)
+        got.append(epoch_batches(loader))
+    loader.close()
+    for epoch, size in enumerate(sizes):
+        assert all(images.shape[-2:] == (size, size) for images, _ in got[epoch])
+        fresh = _sized_loader(beton, RandomResizedCrop(size),
+                              [Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        for _ in range(epoch):
+            epoch_batches(fresh)
+        want = epoch_batches(fresh)
+        fresh.close()
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                   for a, b in zip(got[epoch], want))
+
+
+def test_center_crop_resize_follows_a_new_output_size():
+    """CenterCrop's default resize size is derived from the output size, so it follows it."""
+    crop = CenterCrop(224)
+    assert crop.resize_size == 256
+    crop.output_size = 160
+    assert crop.output_size == (160, 160) and crop.resize_size == 182
+    assert CenterCrop(224, resize_size=240).resize_size == 240

@@ -93,7 +93,7 @@ class ImageDecoder(Decoder):
     def __init__(self, output_size: Optional[Sequence[int]] = None, dct_scaling: bool = True,
                  accept_jpeg_warnings: bool = False, use_libturbojpeg: bool = True,
                  backend: Union[str, ImageBackend] = "cpu"):
-        self.output_size = None if output_size is None else _pair(output_size)
+        self.output_size = output_size
         self.dct_scaling = bool(dct_scaling)
         self.accept_jpeg_warnings = bool(accept_jpeg_warnings)
         self.use_libturbojpeg = bool(use_libturbojpeg)
@@ -106,6 +106,16 @@ class ImageDecoder(Decoder):
     @property
     def device(self) -> str:
         return self.backend.device
+
+    @property
+    def output_size(self) -> Optional[tuple[int, int]]:
+        """(height, width) of each output image.  May be set between epochs (FFCV's progressive
+        resizing): the Loader's next ``iter()`` reallocates its ring for the new size."""
+        return self._output_size
+
+    @output_size.setter
+    def output_size(self, size: Any) -> None:
+        self._output_size = None if size is None else _pair(size)
 
     @property
     def views(self) -> list["ImageDecoder"]:
@@ -305,15 +315,23 @@ class CenterCrop(ImageDecoder):
             raise ValueError(f"box must be one of {CENTER_CROP_BOXES}, got {box!r}")
         self.ratio = float(ratio)
         self.box = box
-        if resize_size is None:
-            # The tolerance keeps 224 / (224 / 256) at 256 despite float rounding.
-            resize_size = int(math.floor(min(self.output_size) / self.ratio + 1e-9))
-        elif box == "ffcv":
-            raise ValueError("resize_size applies to box='torchvision' only")
-        if resize_size < 1:
-            raise ValueError(f"resize_size must be positive, got {resize_size}")
-        self.resize_size = int(resize_size)
+        if resize_size is not None:
+            if box == "ffcv":
+                raise ValueError("resize_size applies to box='torchvision' only")
+            if resize_size < 1:
+                raise ValueError(f"resize_size must be positive, got {resize_size}")
+            resize_size = int(resize_size)
+        self._resize_size = resize_size
         self.within_box = box == "ffcv"
+
+    @property
+    def resize_size(self) -> int:
+        """The shorter side torchvision's Resize gives the image: as given, else
+        floor(min(output_size) / ratio), which follows a change of output_size."""
+        if self._resize_size is not None:
+            return self._resize_size
+        # The tolerance keeps 224 / (224 / 256) at 256 despite float rounding.
+        return max(1, int(math.floor(min(self.output_size) / self.ratio + 1e-9)))
 
     def boxes(self, ctx, heights, widths):
         if self.box == "ffcv":
