@@ -106,7 +106,8 @@ def run_demo(work_dir: str, classes: int = 10, per_class: int = 50, workers: int
     try:
         import torch  # noqa: F401
     except ImportError:
-        print("torch is not installed: skipping the loader (pip install torch==2.13.0)")
+        print("torch is not installed: skipping the loader (pip install torch==2.14.1 "
+              "torchvision==0.29.1, as the README says)")
         return
     _load(out, workers)
 

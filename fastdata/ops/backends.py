@@ -176,14 +176,13 @@ class CPUBackend(ImageBackend):
                                  not self.accept_jpeg_warnings, status)
         for k in paste.order[start:stop]:
             code = status[k]
-            if code in _FAILED or (code == STATUS_WARNING and not self.accept_jpeg_warnings):
+            if code == STATUS_NEEDS_PYTHON:
+                self._decode_in_python(crops, int(k), int(indices[k]), outs, state)
+            elif code in _FAILED or (code == STATUS_WARNING and not self.accept_jpeg_warnings):
                 role = describe(int(k)) if describe is not None else ""
                 index = int(indices[k])
                 raise SampleError(index, images.name, f"cannot decode JPEG{role}: "
                                   f"{self._failure_reason(index, code, state['handle'])}")
-        for k in paste.order[start:stop]:
-            if status[k] == STATUS_NEEDS_PYTHON:
-                self._decode_in_python(crops, int(k), int(indices[k]), outs, state)
 
     def _failure_reason(self, index: int, code: int, handle: int) -> str:
         """Why the kernel failed sample ``index``: decoding it again with simplejpeg gives the

@@ -130,7 +130,7 @@ class Decoder(Operation):
         raise NotImplementedError
 
     def setup_backend(self, batch_size: int) -> None:
-        """Called once bound, with the Loader's batch size."""
+        """Called once bound, with the Loader's batch size, and again when output sizes change."""
         self.batch_size = batch_size
 
     def allocate(self, batch_size: int, ring_size: int, pin: bool) -> list:

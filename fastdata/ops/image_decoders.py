@@ -95,8 +95,6 @@ class ImageDecoder(Decoder):
                  backend: Union[str, ImageBackend] = "cpu"):
         self.output_size = output_size
         self.dct_scaling = bool(dct_scaling)
-        self.accept_jpeg_warnings = bool(accept_jpeg_warnings)
-        self.use_libturbojpeg = bool(use_libturbojpeg)
         self.backend = make_backend(backend, use_libturbojpeg=use_libturbojpeg,
                                     accept_jpeg_warnings=accept_jpeg_warnings)
         self.flip_p = 0.0               # probability of the pipeline's RandomHorizontalFlip
