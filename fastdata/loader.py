@@ -85,7 +85,8 @@ class Loader:
     distributed: shard each epoch by torch.distributed's rank and world size (see order.py).
     indices: the subset of sample indices to use (default: all).
     pipelines: field name -> [decoder, *batch ops]; fields left out get FFCV's default
-      pipeline (decoder + ToTensor); None drops a field.  Outputs follow the pipelines' order.
+      pipeline (decoder + ToTensor); None drops a field.  Outputs come one per field in the
+      file's field order (as in FFCV), whatever order ``pipelines`` lists them in.
     batch_ops: ops on the whole output tuple after the per-field pipelines (e.g. CutMix).
     drop_last: drop a last partial batch.  batches_ahead: batches prepared ahead.
     os_cache: True memory-maps the file (the OS page cache holds it); False reads it into
@@ -195,9 +196,8 @@ class Loader:
         if unknown:
             raise ValueError(f"pipelines name fields not in {self.path}: {sorted(unknown)} "
                              f"(fields: {self.reader.field_names})")
-        names = list(spec) + [n for n in self.reader.field_names if n not in spec]
         pipelines = []
-        for name in names:
+        for name in self.reader.field_names:     # FFCV's order: one output per field, as stored
             steps = spec.get(name, "default")
             if steps is None:
                 continue

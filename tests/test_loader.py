@@ -63,14 +63,17 @@ def epoch_batches(loader):
 
 # -- API shape ----------------------------------------------------------------------------------
 
-def test_batches_are_tensors_in_pipeline_order(beton):
+def test_batches_are_tensors_in_file_order(beton):
+    """As in FFCV: one output per field in the file's field order, whatever order the
+    pipelines dict lists them in."""
     loader = Loader(beton, batch_size=16, num_workers=2, pipelines={
         "label": [IntDecoder(), ToTensor(), Squeeze()],
         "image": [RandomResizedCrop(32), ToTensor(), ToTorchImage(), Normalize()]})
+    assert loader.pipeline_names == ("image", "label")
     assert len(loader) == N // 16
     batches = epoch_batches(loader)      # clone: a batch's tensors share a reused ring slot
     assert len(batches) == len(loader)
-    labels, images = batches[0]
+    images, labels = batches[0]
     assert labels.dtype == torch.int64 and labels.shape == (16,)
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32
     assert images.is_contiguous(memory_format=torch.channels_last)
@@ -556,7 +559,7 @@ def test_default_decoders_come_from_the_registry():
 
 def test_decoders_that_read_other_crops_prepare_after_them(beton):
     """A decoder that declares ``reads`` prepares after the decoders of those fields, wherever
-    its pipeline is listed; a cycle is refused when the Loader is made."""
+    its field is stored; a cycle is refused when the Loader is made."""
     from fastdata.ops.base import Decoder
 
     class CropHeights(Decoder):
@@ -576,7 +579,7 @@ def test_decoders_that_read_other_crops_prepare_after_them(beton):
 
     loader = Loader(beton, batch_size=8, return_params=True, pipelines={
         "label": [CropHeights("image")], "image": [RandomResizedCrop(32)]})
-    heights, images, params = next(iter(loader))
+    images, heights, params = next(iter(loader))
     assert torch.equal(heights[:, 0], params[:, 2])
 
     class Loop(CropHeights):

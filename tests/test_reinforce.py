@@ -194,7 +194,7 @@ def test_unknown_type_id_is_rejected(tmp_path):
 def _run_epoch(loader, epoch):
     loader.load_state_dict({"epoch": epoch, "batch": 0})
     images, targets, labels = [], [], []
-    for x, t, lab in loader:
+    for x, lab, t in loader:
         images.append(x.numpy().copy())
         targets.append(t.numpy().copy())
         labels.append(lab.numpy().reshape(-1).copy())

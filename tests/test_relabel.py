@@ -641,9 +641,11 @@ def test_loader_raw_maps_and_missing_image_pipeline(beton):
         with pytest.raises(RuntimeError, match="no crop boxes for image field 'image'"):
             next(iter(loader))
     with pytest.raises(ValueError, match="no field 'picture'"):
-        Loader(beton, batch_size=8, pipelines={"relabel": [LabelMapPool(image="picture")]})
+        Loader(beton, batch_size=8, pipelines={"relabel": [LabelMapPool(image="picture")],
+                                               "image": [RandomResizedCrop(32)]})
     with pytest.raises(TypeError, match="LabelMapPool cannot decode field 'label'"):
-        Loader(beton, batch_size=8, pipelines={"label": [LabelMapPool()]})
+        Loader(beton, batch_size=8, pipelines={"label": [LabelMapPool()],
+                                               "image": [RandomResizedCrop(32)]})
 
 
 def test_loader_multiview_follows_the_chosen_view(beton):
