@@ -46,7 +46,7 @@ def pixel_difference(path: str, size: int, dct: bool, count: int) -> dict:
     source = Loader(path, batch_size=min(count, 64), num_workers=2, order="sequential",
                     indices=range(count), drop_last=False, return_params=True,
                     pipelines={"image": [RandomResizedCrop(size, dct_scaling=dct),
-                                         RandomHorizontalFlip()], "label": None})
+                                         RandomHorizontalFlip(), ToTensor()], "label": None})
     diffs, scaled = [], 0
     with Reader(path) as reader:
         k = 0

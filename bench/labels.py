@@ -148,10 +148,10 @@ def pipelines(paths: dict, threads: int) -> dict:
             **common),
         "replay": lambda: Loader(paths["replay"], pipelines={
             "image": [ReplayedCrop(224), ToTensor(), ToTorchImage()], "label": None,
-            "reinforce": [ReplayTargets(NUM_CLASSES)]}, **common),
+            "reinforce": [ReplayTargets(NUM_CLASSES), ToTensor()]}, **common),
         "replay, 30% mixed": lambda: Loader(paths["replay_mixed"], pipelines={
             "image": [ReplayedCrop(224), ToTensor(), ToTorchImage()], "label": None,
-            "reinforce": [ReplayTargets(NUM_CLASSES)]}, **common),
+            "reinforce": [ReplayTargets(NUM_CLASSES), ToTensor()]}, **common),
     }
 
 

@@ -26,14 +26,14 @@ import queue
 import threading
 import weakref
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .ops.base import BatchContext, BatchOp, Decoder, default_decoder
 from .ops.tensor import ToTensor
-from .order import OrderOption, as_order, epoch_order, shard
+from .order import SHARD_SCHEMES, OrderOption, as_order, epoch_order, shard, shard_size
 from .reader import Reader, SampleError
 from .rng import OP_SKIP, draw
 from .workers import resolve_workers
@@ -73,24 +73,48 @@ class _Slots:
                                          for p in pipelines]
 
 
+def _with_to_tensor(ops: list) -> list:
+    """A pipeline's batch ops with ToTensor before the first op that needs torch input (ops
+    that take numpy batches, as FFCV's pre-ToTensor transforms do, declare ``accepts_numpy``).
+    A pipeline with no such op and no ToTensor yields numpy arrays, as in FFCV."""
+    for k, op in enumerate(ops):
+        if isinstance(op, ToTensor):
+            return ops
+        if not getattr(op, "accepts_numpy", False):
+            return ops[:k] + [ToTensor()] + ops[k:]
+    return ops
+
+
 class Loader:
     """Batches of torch tensors from a .beton file (ours or FFCV's), FFCV's interface.
 
-    path: the .beton file.  batch_size: samples per batch (per rank when distributed).
+    The first thirteen parameters are FFCV's, in FFCV's order; the rest are keyword-only.
+
+    fname: the .beton file.  batch_size: samples per batch (per rank when distributed).
     num_workers: decoding threads (-1: every core this process may use; 0: no threads at all,
       as torch's DataLoader with num_workers=0: each batch is decoded and its batch ops run in
       the thread that calls ``next()``, when it calls it).
+    os_cache: True memory-maps the file (the OS page cache holds it); False reads it into
+      process memory once.
     order: 'sequential', 'random' or 'quasi_random' (or OrderOption / FFCV's OrderOption).
+    distributed: shard each epoch by torch.distributed's rank and world size (``shards``).
     seed: keys every random decision (orders and augmentations) with the epoch and sample.
-    distributed: shard each epoch by torch.distributed's rank and world size (see order.py).
+      None draws one from numpy's global RNG, as FFCV does (a new order each run; 0 with
+      distributed=True and a shuffled order, so that ranks agree); ``loader.seed`` holds it.
     indices: the subset of sample indices to use (default: all).
     pipelines: field name -> [decoder, *batch ops]; fields left out get FFCV's default
       pipeline (decoder + ToTensor); None drops a field.  Outputs come one per field in the
-      file's field order (as in FFCV), whatever order ``pipelines`` lists them in.
-    batch_ops: ops on the whole output tuple after the per-field pipelines (e.g. CutMix).
+      file's field order (as in FFCV), whatever order ``pipelines`` lists them in.  A pipeline
+      without ToTensor yields numpy arrays, as in FFCV, unless an op in it needs torch input
+      (ToTensor is then put before that op).
+    custom_fields: field name -> Field class, for fields stored with a custom type.
     drop_last: drop a last partial batch.  batches_ahead: batches prepared ahead.
-    os_cache: True memory-maps the file (the OS page cache holds it); False reads it into
-      process memory once.
+    recompile: FFCV's; calls ``recompile()`` on ops that have it (code-generating FFCV-style
+      Operations) at each iter().  fastdata's own ops read their parameters at every batch, so
+      a changed parameter (e.g. output_size) takes effect at the next iter() either way.
+    batch_ops: ops on the whole output tuple after the per-field pipelines (e.g. CutMix).
+    shards: how distributed=True splits an epoch: "contiguous" blocks (default) or
+      "interleaved" (torch's DistributedSampler, always padded, as FFCV); see order.py.
     return_params: also yield, per image pipeline, the float64 [B, 9] record of its random
       decisions (crop top, left, height, width in stored pixels, the same in original-image
       pixels, flip bit).
@@ -112,20 +136,31 @@ class Loader:
     in its next() gets StopIteration.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], batch_size: int, num_workers: int = -1,
-                 order: Any = OrderOption.SEQUENTIAL, seed: int = 0, distributed: bool = False,
+    def __init__(self, fname: Union[str, os.PathLike], batch_size: int, num_workers: int = -1,
+                 os_cache: bool = True, order: Any = OrderOption.SEQUENTIAL,
+                 distributed: bool = False, seed: Optional[int] = 0,
                  indices: Optional[Sequence[int]] = None,
                  pipelines: Optional[Mapping[str, Optional[Sequence[Any]]]] = None,
-                 batch_ops: Optional[Sequence[Any]] = None, drop_last: bool = True,
-                 batches_ahead: int = 3, os_cache: bool = True,
-                 custom_fields: Optional[Mapping[str, type]] = None, return_params: bool = False,
-                 on_error: str = "raise"):
+                 custom_fields: Optional[Mapping[str, type]] = None, drop_last: bool = True,
+                 batches_ahead: int = 3, recompile: bool = False, *,
+                 batch_ops: Optional[Sequence[Any]] = None, return_params: bool = False,
+                 on_error: str = "raise", shards: str = "contiguous"):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if batches_ahead < 1:
             raise ValueError(f"batches_ahead must be >= 1, got {batches_ahead}")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if shards not in SHARD_SCHEMES:
+            raise ValueError(f"shards must be one of {SHARD_SCHEMES}, got {shards!r}")
+        # What the caller passed, for filter() (FFCV's: the same loader over fewer indices).
+        self._args = dict(fname=fname, batch_size=batch_size, num_workers=num_workers,
+                          os_cache=os_cache, order=order, distributed=distributed, seed=seed,
+                          indices=indices, pipelines=pipelines, custom_fields=custom_fields,
+                          drop_last=drop_last, batches_ahead=batches_ahead, recompile=recompile,
+                          batch_ops=batch_ops, return_params=return_params, on_error=on_error,
+                          shards=shards)
+        path = fname
         num_workers = resolve_workers(num_workers)
         self.reader = Reader(path, custom_fields)
         if not os_cache:
@@ -134,7 +169,19 @@ class Loader:
         self.batch_size = int(batch_size)
         self.num_workers = num_workers
         self.order = as_order(order)
+        #: True when seed=None drew this run's seed (FFCV's meaning): load_state_dict then
+        #: adopts the saved one, so a resumed run still replays its batches.
+        self.seed_drawn = seed is None
+        if seed is None and distributed and self.order is not OrderOption.SEQUENTIAL:
+            # Every rank must shuffle alike; FFCV does the same (with a printed warning).
+            logger.warning("%s: seed=None with distributed=True: using seed 0 so that every "
+                           "rank draws the same order", fname)
+            seed, self.seed_drawn = 0, False
+        elif seed is None:
+            seed = int(np.random.randint(0, np.iinfo(np.int32).max))   # as FFCV draws it
         self.seed = int(seed)
+        self.recompile = bool(recompile)
+        self.shards = shards
         self.drop_last = drop_last
         self.batches_ahead = int(batches_ahead)
         self.return_params = return_params
@@ -160,6 +207,7 @@ class Loader:
         self.pipeline_names = tuple(
             p.name if v == 0 else f"{p.name}_{v}" for p in self.pipelines
             for v in range(p.decoder.output_count))
+        self._check_batch_op_inputs()
         self._prepare_order = self._order_by_reads()
         # batches_ahead queued + one held by the training loop + one finishing its batch ops +
         # one decoding: the batch ops of one batch overlap the decoding of the next.
@@ -212,15 +260,22 @@ class Loader:
                 if not isinstance(op, BatchOp):
                     raise TypeError(f"pipeline {name!r}: {op!r} is not a batch op; only its first "
                                     f"step may be a decoder")
-            ops = list(decoder.absorb(ops))
-            if not ops or not isinstance(ops[0], ToTensor):
-                ops.insert(0, ToTensor())
+            ops = _with_to_tensor(list(decoder.absorb(ops)))
             decoder.bind(self.reader, name, field_index)
             decoder.setup_backend(self.batch_size)
             pipelines.append(_Pipeline(name, decoder, ops))
         if not pipelines:
             raise ValueError("every field's pipeline is None: nothing to load")
         return pipelines
+
+    def _check_batch_op_inputs(self) -> None:
+        """Batch ops take torch tensors: a pipeline that yields numpy arrays (no ToTensor, as
+        FFCV allows) cannot feed them."""
+        numpy_outputs = [p.name for p in self.pipelines
+                         if not any(isinstance(op, ToTensor) for op in p.ops)]
+        if self.batch_ops and numpy_outputs:
+            raise ValueError(f"batch_ops take torch tensors, but the pipelines of "
+                             f"{numpy_outputs} yield numpy arrays: add ToTensor() to them")
 
     def _order_by_reads(self) -> list[int]:
         """Pipeline positions in the order their decoders prepare a batch: each after the
@@ -266,13 +321,10 @@ class Loader:
     def epoch_indices(self, epoch: int) -> np.ndarray:
         """The sample indices this rank visits in ``epoch``, in order."""
         order = epoch_order(self.order, self.indices, self.seed, epoch, self._pages)
-        return shard(order, self.rank, self.world_size, self.drop_last)
+        return shard(order, self.rank, self.world_size, self.drop_last, self.shards)
 
     def _num_samples_per_rank(self) -> int:
-        n = len(self.indices)
-        if self.world_size == 1:
-            return n
-        return n // self.world_size if self.drop_last else -(-n // self.world_size)
+        return shard_size(len(self.indices), self.world_size, self.drop_last, self.shards)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
@@ -291,6 +343,12 @@ class Loader:
             epoch, batch = self._next_epoch, 0
         self._next_epoch = epoch + 1
         self._epoch, self._batch = epoch, batch
+        if self.recompile:
+            # FFCV regenerates its pipeline code each epoch; ours is static, so only ops that
+            # generate code (FFCV-style Operations) have anything to redo.
+            for op in self._all_ops():
+                if hasattr(op, "recompile"):
+                    op.recompile()
         layout = self._output_layout()
         if self._slots is not None and layout != self._slots_layout:
             # An op's output size changed since the ring was made (FFCV's progressive resizing
@@ -308,6 +366,9 @@ class Loader:
         self._active = weakref.ref(iterator)
         return iterator
 
+    def _all_ops(self) -> list:
+        return [op for p in self.pipelines for op in p.ops] + list(self.batch_ops)
+
     def _output_layout(self) -> list:
         """Each decoder's per-sample output (shape, dtype) now: what the ring was sized for."""
         return [p.decoder.sample_shape(self.batch_size) for p in self.pipelines]
@@ -316,6 +377,48 @@ class Loader:
         previous = self._active() if self._active else None
         if previous is not None:
             previous.close()
+
+    @property
+    def next_epoch(self) -> int:
+        """The epoch the next plain iter() runs (FFCV's attribute; settable, as in FFCV)."""
+        return self._resume[0] if self._resume is not None else self._next_epoch
+
+    @next_epoch.setter
+    def next_epoch(self, epoch: int) -> None:
+        self._resume = None
+        self._next_epoch = int(epoch)
+
+    def filter(self, field_name: str, condition: Callable[[Any], bool]) -> "Loader":
+        """FFCV's ``Loader.filter``: a new Loader, with this one's arguments, over only the
+        samples whose ``field_name`` output (this loader's pipeline for it, one sample at a time,
+        e.g. a [1] array for an IntField) makes ``condition`` true.  Unlike FFCV, which takes
+        the positions of the passing samples as sample indices, it keeps the passing samples'
+        own indices, so it is right when ``indices`` was given too."""
+        if field_name not in self.reader.fields:
+            raise ValueError(f"filter: no field {field_name!r} in {self.path} "
+                             f"(fields: {self.reader.field_names})")
+        args = dict(self._args)
+        spec = dict(args["pipelines"] or {})
+        probe_pipelines = {name: None for name in self.reader.field_names}
+        if spec.get(field_name, "default") is not None:
+            probe_pipelines.pop(field_name)
+            if field_name in spec:
+                probe_pipelines[field_name] = spec[field_name]
+        probe = Loader(self.path, self.batch_size, self._args["num_workers"],
+                       order=OrderOption.SEQUENTIAL, seed=self.seed, indices=self.indices,
+                       pipelines=probe_pipelines, custom_fields=args["custom_fields"],
+                       drop_last=False, batches_ahead=self.batches_ahead)
+        kept = []
+        with probe:
+            position = 0
+            for (values,) in probe:
+                for value in values:
+                    if condition(value):
+                        kept.append(int(self.indices[position]))
+                    position += 1
+        args["indices"] = np.asarray(kept, dtype=np.int64)
+        args["seed"] = self.seed
+        return type(self)(**args)
 
     @property
     def epoch(self) -> int:
@@ -336,12 +439,15 @@ class Loader:
             epoch, batch = self._epoch, self._batch
         return {"epoch": epoch, "batch": batch, "seed": self.seed, "order": self.order.value,
                 "num_samples": len(self.indices), "batch_size": self.batch_size,
-                "world_size": self.world_size, "rank": self.rank}
+                "world_size": self.world_size, "rank": self.rank, "shards": self.shards}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Make the next iteration continue at ``state``'s epoch and batch."""
+        """Make the next iteration continue at ``state``'s epoch and batch.  A loader whose
+        seed was drawn (seed=None) takes the saved seed; a given seed must match it."""
+        if self.seed_drawn and "seed" in state:
+            self.seed = int(state["seed"])
         mine = self.state_dict()
-        for key in ("seed", "order", "num_samples", "batch_size", "world_size"):
+        for key in ("seed", "order", "num_samples", "batch_size", "world_size", "shards"):
             if key in state and state[key] != mine[key]:
                 raise ValueError(f"state was saved with {key}={state[key]!r}, this loader has "
                                  f"{mine[key]!r}: resuming would not replay the same batches")

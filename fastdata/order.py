@@ -1,19 +1,22 @@
 """Epoch orders and distributed shards.
 
-Every order is a pure function of (seed, epoch), the same on every rank; a rank then takes its
-contiguous block of it.  Resuming is therefore exact from (seed, epoch, batch) alone.
+Every order is a pure function of (seed, epoch), the same on every rank; each rank then takes
+its share of it.  Resuming is therefore exact from (seed, epoch, batch) alone.
 
-Sharding (``world_size`` > 1), for an epoch order of N samples:
+Sharding (``world_size`` W > 1) of an epoch order of N samples, two schemes:
 
-- ``drop_last=False`` pads the order to a multiple of ``world_size`` by repeating its first
-  samples (as torch's DistributedSampler does): every sample is seen at least once per epoch and
-  ``(-N) % world_size`` of them twice;
-- ``drop_last=True`` cuts it to a multiple of ``world_size``: every rank gets the same number of
-  samples, each seen at most once, and ``N % world_size`` are left out of that epoch (different
-  ones each epoch under a random order).
+- ``"contiguous"`` (fastdata's default): rank r takes the r-th contiguous block, so under
+  ``quasi_random`` each rank keeps the order's page locality.  ``drop_last=False`` pads the
+  order to a multiple of W by repeating its first samples: every sample is seen at least once
+  per epoch and ``(-N) % W`` of them twice; ``drop_last=True`` cuts it to a multiple of W: each
+  sample is seen at most once and ``N % W`` are left out of that epoch (different ones each
+  epoch under a random order).
+- ``"interleaved"`` (torch's DistributedSampler with ``drop_last=False``, which FFCV uses):
+  the order is always padded to a multiple of W by repeating its first samples, and rank r
+  takes samples r, r + W, r + 2W, ...; ``drop_last`` then only drops a last partial batch.
 
-When N is a multiple of ``world_size`` both give disjoint, complete coverage.  Within a rank,
-``drop_last`` then also drops a last partial batch.
+When N is a multiple of W both give disjoint, complete coverage.  Within a rank, ``drop_last``
+also drops a last partial batch.
 """
 from __future__ import annotations
 
@@ -101,18 +104,33 @@ def epoch_order(order: OrderOption, indices: np.ndarray, seed: int, epoch: int,
                              rng.random(len(samples)))
 
 
-def shard(order: np.ndarray, rank: int, world_size: int, drop_last: bool) -> np.ndarray:
-    """Rank ``rank``'s contiguous block of an epoch order (see the module docstring)."""
+#: The ways a distributed epoch is split between ranks (see the module docstring).
+SHARD_SCHEMES = ("contiguous", "interleaved")
+
+
+def shard_size(n: int, world_size: int, drop_last: bool, scheme: str = "contiguous") -> int:
+    """How many of an epoch's ``n`` samples each rank gets."""
+    if world_size <= 1:
+        return n
+    if drop_last and scheme == "contiguous":
+        return n // world_size
+    return -(-n // world_size)
+
+
+def shard(order: np.ndarray, rank: int, world_size: int, drop_last: bool,
+          scheme: str = "contiguous") -> np.ndarray:
+    """Rank ``rank``'s share of an epoch order (see the module docstring)."""
     if world_size <= 1:
         return order
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    if scheme not in SHARD_SCHEMES:
+        raise ValueError(f"shard scheme must be one of {SHARD_SCHEMES}, got {scheme!r}")
     n = len(order)
-    if drop_last:
-        per_rank = n // world_size
-    else:
-        per_rank = -(-n // world_size)
-        if per_rank * world_size > n:
-            repeats = -(-(per_rank * world_size) // max(n, 1))
-            order = np.tile(order, repeats)[:per_rank * world_size]
+    per_rank = shard_size(n, world_size, drop_last, scheme)
+    if per_rank * world_size > n:
+        repeats = -(-(per_rank * world_size) // max(n, 1))
+        order = np.tile(order, repeats)[:per_rank * world_size]
+    if scheme == "interleaved":
+        return order[rank::world_size]
     return order[rank * per_rank:(rank + 1) * per_rank]

@@ -48,7 +48,7 @@ def _load(path, decoder, epochs=(0,)):
     try:
         for _ in epochs:          # each iter() runs the next epoch
             for batch, batch_params in loader:
-                images.append(batch.numpy().copy())
+                images.append(batch.copy())     # no ToTensor: numpy, as in FFCV
                 params.append(batch_params.numpy().copy())
     finally:
         loader.close()

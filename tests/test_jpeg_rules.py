@@ -97,7 +97,7 @@ def _load(path, **decoder_options):
                                                              **decoder_options)],
                                  "label": None})
     try:
-        return [batch[0].numpy().copy() for batch in loader]
+        return [batch[0].copy() for batch in loader]     # no ToTensor: numpy
     finally:
         loader.close()
 

@@ -301,8 +301,8 @@ def test_rrc_box_distribution_is_torchvisions_and_the_test_sees_a_difference(hei
 
 def test_output_matches_torchvision_resampling_of_the_same_box(beton, images):
     loader = Loader(beton, batch_size=N, order="random", seed=4, return_params=True,
-                    pipelines={"image": [RandomResizedCrop(56), RandomHorizontalFlip()],
-                               "label": None})
+                    pipelines={"image": [RandomResizedCrop(56), RandomHorizontalFlip(),
+                                         ToTensor()], "label": None})
     batch, params = next(iter(loader))
     idx = loader.epoch_indices(0)
     reader = fastdata.Reader(beton)
@@ -320,7 +320,7 @@ def test_flip_mirrors_and_center_crop_is_deterministic(beton):
     def run(flip_p, order="sequential"):
         decoder = CenterCrop(40)
         loader = Loader(beton, batch_size=N, order=order, seed=1, return_params=True,
-                        pipelines={"image": [decoder, RandomHorizontalFlip(flip_p)],
+                        pipelines={"image": [decoder, RandomHorizontalFlip(flip_p), ToTensor()],
                                    "label": None})
         return next(iter(loader))
     plain, _ = run(0.0)
@@ -412,12 +412,12 @@ def test_reads_ffcv_written_files():
     import json
     expected = json.load(open(path + ".json"))["samples"]
     loader = Loader(path, batch_size=8, order="sequential", drop_last=False, pipelines={
-        "image": [CenterCrop(64)], "label": [IntDecoder(), ToTensor(), Squeeze()]})
+        "image": [CenterCrop(64), ToTensor()], "label": [IntDecoder(), ToTensor(), Squeeze()]})
     labels = torch.cat([b[1] for b in epoch_batches(loader)]).tolist()
     assert labels == [s["label"] for s in expected]
     reader = fastdata.Reader(path)
     batch = next(iter(Loader(path, batch_size=8, return_params=True, pipelines={
-        "image": [CenterCrop(64)], "label": None})))
+        "image": [CenterCrop(64), ToTensor()], "label": None})))
     images, params = batch
     for k in range(8):
         full = reader.read(k, "image")
@@ -487,7 +487,7 @@ def test_fallback_without_libturbojpeg_gives_the_same_crops(beton):
     def first_batch(**options):
         loader = Loader(beton, batch_size=32, order="random", seed=4, pipelines={
             "image": [MultiView(RandomResizedCrop(40), RandomResizedCrop(20), **options),
-                      RandomHorizontalFlip()], "label": None})
+                      RandomHorizontalFlip(), ToTensor()], "label": None})
         return next(iter(loader))
     fallback = first_batch(use_libturbojpeg=False)
     for ours, theirs in zip(first_batch(), fallback):
@@ -504,8 +504,9 @@ def test_decoders_of_the_other_field_types(tmp_path):
                   (2, 3)), "blob": BytesField(), "meta": JSONField()}, page_size=1 << 21,
                   progress=False).from_indexed_dataset(rows)
     loader = Loader(path, batch_size=5, pipelines={
-        "label": [IntDecoder(), ToTensor(), Squeeze()], "f": [FloatDecoder()],
-        "arr": [NDArrayDecoder()], "blob": [BytesDecoder()], "meta": [JSONDecoder()]})
+        "label": [IntDecoder(), ToTensor(), Squeeze()], "f": [FloatDecoder(), ToTensor()],
+        "arr": [NDArrayDecoder(), ToTensor()], "blob": [BytesDecoder(), ToTensor()],
+        "meta": [JSONDecoder()]})
     labels, floats, arrays, blobs, metas = next(iter(loader))
     assert labels.tolist() == [0, 1, 2, 3, 4] and floats[:, 0].tolist() == [0, .25, .5, .75, 1]
     assert arrays.shape == (5, 2, 3) and arrays[3].eq(3).all()
@@ -578,8 +579,9 @@ def test_decoders_that_read_other_crops_prepare_after_them(beton):
             out[:len(ctx.indices), 0] = ctx.crops[self.image].boxes[0, :, 2]
 
     loader = Loader(beton, batch_size=8, return_params=True, pipelines={
-        "label": [CropHeights("image")], "image": [RandomResizedCrop(32)]})
+        "label": [CropHeights("image"), ToTensor()], "image": [RandomResizedCrop(32)]})
     images, heights, params = next(iter(loader))
+    assert isinstance(images, np.ndarray)         # no ToTensor: numpy, as in FFCV
     assert torch.equal(heights[:, 0], params[:, 2])
 
     class Loop(CropHeights):

@@ -11,6 +11,7 @@ from fastdata.demo import synthetic_photo  # noqa: E402
 from fastdata.fields import TYPE_IDS, ReinforcementField  # noqa: E402
 from fastdata.fields.reinforce import UnsupportedAugmentation, record_dtype  # noqa: E402
 from fastdata.ops.replay import ReplayedCrop, ReplayTargets  # noqa: E402
+from fastdata.ops.tensor import ToTensor  # noqa: E402
 from fastdata.writers.reinforce import import_imagenet_plus, reinforce  # noqa: E402
 
 N, C, K, NS, OUT = 24, 12, 3, 4, 32
@@ -68,9 +69,9 @@ def reinforced(request, plain, tmp_path_factory):
 def _loader(path, densify="smooth", epoch_seed=0, batch_size=8, order="random"):
     return Loader(path, batch_size=batch_size, num_workers=2, order=order, seed=epoch_seed,
                   drop_last=False, pipelines={
-                      "image": [ReplayedCrop(OUT)],
-                      "reinforce": [ReplayTargets(C, densify, image="image")],
-                      "label": [fastdata.ops.IntDecoder()]})
+                      "image": [ReplayedCrop(OUT), ToTensor()],
+                      "reinforce": [ReplayTargets(C, densify, image="image"), ToTensor()],
+                      "label": [fastdata.ops.IntDecoder(), ToTensor()]})
 
 
 # -- the field ------------------------------------------------------------------------------------
@@ -410,7 +411,7 @@ def test_replay_crops_the_stored_box_an_independent_reference_gives(tmp_path):
                   progress=False).from_indexed_dataset(list(zip(images, records)))
     reader = fastdata.Reader(path)
     loader = Loader(path, batch_size=n, order="sequential", return_params=True,
-                    pipelines={"image": [ReplayedCrop(OUT)], "reinforce": None})
+                    pipelines={"image": [ReplayedCrop(OUT), ToTensor()], "reinforce": None})
     out, params = next(iter(loader))
     out = out.numpy()
 

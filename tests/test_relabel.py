@@ -631,7 +631,7 @@ def test_loader_end_to_end(beton):
 
 def test_loader_raw_maps_and_missing_image_pipeline(beton):
     with Reader(beton) as reader, Loader(beton, batch_size=8, num_workers=1, pipelines={
-            "relabel": [LabelMapDecoder()], "image": None, "label": None}) as loader:
+            "relabel": [LabelMapDecoder(), ToTensor()], "image": None, "label": None}) as loader:
         (maps,) = next(iter(loader))
         assert maps.shape == (8, 2, 5, 15, 15) and maps.dtype == torch.float32
         for i in range(8):

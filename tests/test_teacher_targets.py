@@ -8,6 +8,7 @@ import fastdata  # noqa: E402
 from fastdata import DatasetWriter, FormatError, IntField, Loader  # noqa: E402
 from fastdata.fields.topk import TopKField  # noqa: E402
 from fastdata.ops.targets import TeacherTargets  # noqa: E402
+from fastdata.ops.tensor import ToTensor  # noqa: E402
 
 C, K = 20, 4
 
@@ -58,7 +59,7 @@ def test_densify_matches_ml_dr(beton, mode):
     path, _ = beton
     reader = fastdata.Reader(path)
     loader = Loader(path, batch_size=30, pipelines={
-        "teacher": [TeacherTargets(C, densify=mode)], "label": None})
+        "teacher": [TeacherTargets(C, densify=mode), ToTensor()], "label": None})
     (targets,) = next(iter(loader))
     assert targets.shape == (30, C) and targets.dtype == torch.float32
     for i in range(30):
