@@ -36,7 +36,8 @@ setup(
         "torch": ["torch>=2.0"],
         # timm: tests/test_mix_timm.py compares Mixup/CutMix with the version fastdata follows.
         # pyturbojpeg: tests/test_pyturbojpeg_coexistence.py checks fastdata installs beside it.
-        "test": ["pytest>=7", "psutil>=5", "timm==1.0.31", "pyturbojpeg==2.6.1"],
+        # assertpy: FFCV's own tests (tests/ffcv_upstream) use it.
+        "test": ["pytest>=7", "psutil>=5", "timm==1.0.31", "pyturbojpeg==2.6.1", "assertpy>=1.1"],
     },
     entry_points={"console_scripts": ["fastdata=fastdata.cli:main"]},
 )
