@@ -36,7 +36,12 @@ setup(
         "torch": ["torch>=2.0"],
         # timm: tests/test_mix_timm.py compares Mixup/CutMix with the version fastdata follows.
         # pyturbojpeg: tests/test_pyturbojpeg_coexistence.py checks fastdata installs beside it.
-        "test": ["pytest>=7", "psutil>=5", "timm==1.0.31", "pyturbojpeg==2.6.1"],
+        # moto[server]: the remote-file tests run a real S3-compatible server on 127.0.0.1.
+        "test": ["pytest>=7", "psutil>=5", "timm==1.0.31", "pyturbojpeg==2.6.1",
+                 "moto[server]>=5.0"],
+        # Reading .beton files from URLs (s3://, gs://, https://, ...): fsspec, and s3fs for S3;
+        # other protocols need their fsspec package (gcsfs, ...).
+        "remote": ["fsspec>=2023.12", "s3fs>=2023.12"],
     },
     entry_points={"console_scripts": ["fastdata=fastdata.cli:main"]},
 )

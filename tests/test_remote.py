@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("s3fs")      # the 'remote' extra; CI installs it (.ci/run)
+import s3fs  # noqa: E402,F401  (the "remote" extra: a missing one fails here, not skips)
 
 from fastdata import DatasetWriter, IntField, Loader, Reader, RGBImageField  # noqa: E402
 from fastdata.demo import synthetic_photo  # noqa: E402
@@ -275,3 +275,30 @@ def test_break_out_of_a_remote_epoch_stops_its_threads(beton, s3, num_workers):
         assert fastdata_threads() == []
         assert loader.reader.remote.pins.sum() == 0
         assert_same_epochs(epoch(loader), second)     # the next epoch is whole
+
+
+def test_records_decoders_check_at_construction_are_fetched_first(tmp_path):
+    """TeacherTargets checks every top-k record when bound: over a URL it sees the real records
+    (fetched before binding), not unfetched zeros, so a bad class id is refused as locally."""
+    from fastdata.fields.topk import TopKField
+    from fastdata.ops.targets import TeacherTargets
+    num_classes, k = 20, 4
+    samples = [((np.array([(i + j) % (num_classes - 1) for j in range(k)]),
+                 np.full(k, 0.2)), i) for i in range(200)]
+    samples[10] = ((np.array([num_classes - 1, 0, 1, 2]), np.full(k, 0.2)), 10)   # page 1
+    path = str(tmp_path / "teacher.beton")
+    DatasetWriter(path, {"teacher": TopKField(k), "image": RGBImageField(write_mode="raw"),
+                         "label": IntField()}, page_size=PAGE, progress=False) \
+        .from_indexed_dataset([(t, synthetic_photo(np.random.default_rng(i), 60, 80), i)
+                               for t, i in samples])
+    for source in (path, "file://" + path):
+        with pytest.raises(ValueError, match="num_classes"):
+            Loader(source, batch_size=8, pipelines={
+                "teacher": [TeacherTargets(num_classes - 1)], "image": None, "label": None})
+        loader = Loader(source, batch_size=8, order="quasi_random", pipelines={
+            "teacher": [TeacherTargets(num_classes)], "image": None, "label": None})
+        first = next(iter(loader))[0].clone()
+        loader.close()
+        if source == path:
+            expected = first
+    assert torch.equal(first, expected)
