@@ -10,7 +10,8 @@ from the local file and from ``s3://bench/train.beton`` (page cache in memory, n
 Each epoch's img/s is the images of the epoch over its wall time, from ``iter()`` to the last
 batch; bytes fetched are the remote page bytes that epoch (ideal: the file's size in the first
 epoch, none after).  Both sources use the same process and Numba cache; a one-epoch warm-up on
-the local file runs first (JIT compilation).  Prints a markdown table with s3/local ratios.
+the local file runs first (JIT compilation); ``--repeat`` runs of each are interleaved.  Prints a
+markdown table: median img/s (min-max) and the ratio of the medians.
 """
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ def main() -> None:
     parser.add_argument("--work-dir", default="/tmp/fastdata-bench-remote")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each (order, source), interleaved; tables give medians")
     args = parser.parse_args()
     path = make_file(args.data, args.work_dir)
     size = os.path.getsize(path)
@@ -78,22 +81,35 @@ def main() -> None:
         url = server.upload(path, "bench", "train.beton")
         options = storage_options(server.url)
         run_epochs(path, "quasi_random", args.threads, 1)          # JIT warm-up
-        results = {}
-        for order in ("quasi_random", "random"):
-            results[(order, "local")] = run_epochs(path, order, args.threads, args.epochs)
-            results[(order, "s3")] = run_epochs(url, order, args.threads, args.epochs, options)
+        results: dict = {}
+        for _ in range(args.repeat):
+            for order in ("quasi_random", "random"):
+                results.setdefault((order, "local"), []).append(
+                    run_epochs(path, order, args.threads, args.epochs))
+                results.setdefault((order, "s3"), []).append(
+                    run_epochs(url, order, args.threads, args.epochs, options))
     finally:
         server.stop()
     print(f"file: {path}, {size / 2**20:.1f} MiB; batch 256, {args.threads} worker threads, "
           f"RandomResizedCrop(224) + flip; s3 = moto server on 127.0.0.1\n")
-    print("| order | epoch | local img/s | s3 img/s | s3 / local | MiB fetched from s3 (epoch 1: "
-          "from open) | fetched / file size |")
+    print(f"img/s: median (min-max) of {args.repeat} runs\n")
+    print("| order | epoch | local img/s | s3 img/s | s3 / local (medians) | MiB fetched from s3 "
+          "(epoch 1: from open) | fetched / file size |")
     print("|---|---|---|---|---|---|---|")
+
+    def rates(runs, e):
+        values = sorted(run[e][1] for run in runs)
+        return values[len(values) // 2], f"{values[len(values) // 2]:.0f} " \
+            f"({values[0]:.0f}-{values[-1]:.0f})"
     for order in ("quasi_random", "random"):
-        for (e, local_rate, _), (_, s3_rate, fetched) in zip(results[(order, "local")],
-                                                             results[(order, "s3")]):
-            print(f"| {order} | {e + 1} | {local_rate:.0f} | {s3_rate:.0f} | "
-                  f"{s3_rate / local_rate:.2f} | {fetched / 2**20:.1f} | {fetched / size:.2f} |")
+        for e in range(args.epochs):
+            local_median, local_text = rates(results[(order, "local")], e)
+            s3_median, s3_text = rates(results[(order, "s3")], e)
+            fetched = [run[e][2] for run in results[(order, "s3")]]
+            fetched_text = "/".join(f"{f / 2**20:.1f}" for f in sorted(set(fetched)))
+            print(f"| {order} | {e + 1} | {local_text} | {s3_text} | "
+                  f"{s3_median / local_median:.2f} | {fetched_text} | "
+                  f"{max(fetched) / size:.2f} |")
 
 
 if __name__ == "__main__":

@@ -611,11 +611,12 @@ class RemotePages:
 _WARNED_RANDOM = False
 
 
-def wait_all(futures: Sequence[Future], stop_event: Optional[threading.Event]) -> None:
-    """Wait for every future, raising the first error; EpochStopped once ``stop_event`` is set."""
+def wait_all(futures: Sequence[Future], *stop_events: Optional[threading.Event]) -> None:
+    """Wait for every future, raising the first error; EpochStopped once a stop event is set."""
+    events = [e for e in stop_events if e is not None]
     for future in futures:
         while True:
-            if stop_event is not None and stop_event.is_set():
+            if any(e.is_set() for e in events):
                 raise EpochStopped()
             try:
                 future.result(timeout=0.1)
@@ -629,12 +630,14 @@ class PageFeed:
     moment they are scheduled until the batch two after theirs starts (the producer finishes
     batch b - 1 while b decodes), and waited for before a batch is decoded.
 
-    batches: the epoch's batches (sample indices) from ``first_batch`` on.  stop_event: the
-    epoch's stop flag (close(), break): waits and fetch retries end when it is set."""
+    batches: the epoch's batches (sample indices) from ``first_batch`` on.  epoch_stop: the
+    epoch's stop flag (close(), break): waits end when it is set; the fetches' retries end when
+    the feed closes."""
 
     def __init__(self, pages: RemotePages, batches: Sequence[np.ndarray], first_batch: int,
-                 stop_event: threading.Event):
-        self.store, self.first_batch, self.stop_event = pages, first_batch, stop_event
+                 epoch_stop: threading.Event):
+        self.store, self.first_batch, self.epoch_stop = pages, first_batch, epoch_stop
+        self.stop_event = threading.Event()     # set by close(): fetches stop retrying
         self.batches = batches
         self.pool = ThreadPoolExecutor(pages.settings.fetch_threads, "fastdata-fetch")
         self._cond = threading.Condition()
@@ -695,7 +698,7 @@ class PageFeed:
             futures = self._schedule(number, indices)
         else:
             futures = scheduled[1]
-        wait_all(futures, self.stop_event)
+        wait_all(futures, self.stop_event, self.epoch_stop)
         with self._cond:
             self._consumed = max(self._consumed, number)
             done = [b for b in self._scheduled if b < self._consumed - 1]
@@ -706,6 +709,7 @@ class PageFeed:
 
     def close(self) -> None:
         """Stop prefetching, wait for the fetch threads (each call has a timeout), unpin."""
+        self.stop_event.set()
         with self._cond:
             self._closed = True
             self._cond.notify_all()
