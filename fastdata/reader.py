@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Mapping, NamedTuple, Optional, Sequence, Type
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Optional, Sequence, Type
 
 import numpy as np
 
 from . import format as fmt
 from .fields import CUSTOM_TYPE_ID, TYPE_IDS, Field, RegionTable, RGBImageField
 from .format import FormatError
+
+if TYPE_CHECKING:
+    from .remote import RemoteSettings
 
 
 class SampleError(RuntimeError):
@@ -158,13 +161,21 @@ class Reader:
     ``accept_jpeg_warnings``: decode JPEG records that libjpeg decodes only with a warning
     (corrupt data), as FFCV does; by default ``read`` raises SampleError for them and for
     records that do not end with the end-of-image marker.
+
+    ``path`` may be an fsspec URL (``s3://``, ``gs://``, ``https://``, ``file://``, ...): the file
+    is read page by page into a local page cache (``self.remote``, a fastdata.remote.RemotePages)
+    and validated as a local file.  ``storage_options`` go to fsspec; ``cache_dir`` keeps fetched
+    pages as files (shareable by processes); ``cache_size`` limits the cache in bytes (None: no
+    limit); ``remote_settings`` (fastdata.remote.RemoteSettings) sets timeouts, retries and
+    look-ahead.  They apply to URLs only.  A page that cannot be fetched raises
+    fastdata.remote.RemotePageError.
     """
 
     def __init__(self, path: str | os.PathLike, custom_fields: Optional[Mapping[str, Type[Field]]]
                  = None, accept_jpeg_warnings: bool = False, *,
                  storage_options: Optional[Mapping[str, Any]] = None,
                  cache_dir: Optional[str | os.PathLike] = None, cache_size: Optional[int] = None,
-                 remote_settings: Optional[Any] = None):
+                 remote_settings: Optional["RemoteSettings"] = None):
         self.path = os.fspath(path)
         custom_fields = dict(custom_fields or {})
         # A URL (s3://, gs://, https://, file://, ...) is read through fsspec into a local page

@@ -305,6 +305,7 @@ class RemotePages:
             base = os.path.basename(self.file.path.rstrip("/")) or "file"
             self.cache_dir = os.path.join(os.fspath(cache_dir), f"{base}-{self.file.cache_key}")
             os.makedirs(self.cache_dir, exist_ok=True)
+            self._remove_stale_temp_files()
         if self.cache_dir is None:
             self.memory_limit = self.cache_size
         else:
@@ -458,6 +459,20 @@ class RemotePages:
             pass
         self.stats.add(pages_from_cache_dir=1)
         return True
+
+    def _remove_stale_temp_files(self) -> None:
+        """Delete the temporary page files that processes of this node left when they were
+        killed mid-write (their pid, in the name, runs no more)."""
+        from .writer import _process_alive
+        for name in os.listdir(self.cache_dir):
+            parts = name.split(".")
+            if not name.endswith(".tmp") or len(parts) < 4 or not parts[-3].isdigit():
+                continue
+            if not _process_alive(int(parts[-3])):
+                try:
+                    os.unlink(os.path.join(self.cache_dir, name))
+                except FileNotFoundError:
+                    pass
 
     def _store_in_dir(self, page: int, data: bytes) -> None:
         """Write the page's file atomically: other processes see no file or the whole page."""

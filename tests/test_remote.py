@@ -304,3 +304,24 @@ def test_records_decoders_check_at_construction_are_fetched_first(tmp_path):
         if source == path:
             expected = first
     assert torch.equal(first, expected)
+
+
+def test_temporary_page_files_of_killed_processes_are_removed(beton, s3, tmp_path):
+    import subprocess
+    import sys
+    server, url = s3
+    with Reader(url, storage_options=storage_options(server.url), cache_dir=tmp_path,
+                remote_settings=FAST) as reader:
+        directory = reader.remote.cache_dir
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead, alive = int(gone.stdout), os.getpid()
+    stale = os.path.join(directory, f".000000003.abc.{dead}.0123abcd.tmp")
+    mine = os.path.join(directory, f".000000004.def.{alive}.4567cdef.tmp")
+    for name in (stale, mine):
+        with open(name, "wb") as f:
+            f.write(b"half a page")
+    Reader(url, storage_options=storage_options(server.url), cache_dir=tmp_path,
+           remote_settings=FAST).close()
+    assert not os.path.exists(stale)       # its writer is dead
+    assert os.path.exists(mine)            # a live process may still be writing it
