@@ -31,10 +31,10 @@ from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .fields import RGBImageField
 from .ops.base import BatchContext, BatchOp, Decoder, default_decoder
 from .ops.tensor import ToTensor
 from .order import OrderOption, as_order, epoch_order, shard
-from .fields import RGBImageField
 from .reader import Reader, SampleError
 from .rng import OP_SKIP, draw
 from .workers import resolve_workers

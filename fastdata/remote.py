@@ -263,7 +263,8 @@ class RemoteFile:
                 logger.debug("%s: transient error (attempt %d): %s", self.url, attempt + 1, last)
                 continue
             if expect is not None and len(result) != expect:
-                last = f"arrived short: {len(result)} of {expect} bytes"
+                last = f"arrived short: {len(result)} of {expect} bytes" if len(result) < expect \
+                    else f"{len(result)} bytes came for a range of {expect} (Range ignored?)"
                 self.stats.add_error(last)
                 continue
             return result
