@@ -325,3 +325,14 @@ def test_temporary_page_files_of_killed_processes_are_removed(beton, s3, tmp_pat
            remote_settings=FAST).close()
     assert not os.path.exists(stale)       # its writer is dead
     assert os.path.exists(mine)            # a live process may still be writing it
+
+
+def test_os_cache_false_fetches_the_whole_file_at_construction(beton, s3):
+    server, url = s3
+    expected = epoch(make_loader(beton))
+    with make_loader(url, os_cache=False, cache_size=PAGE,
+                     storage_options=storage_options(server.url), remote_settings=FAST) as loader:
+        pages = loader.reader.remote
+        assert pages.present.all() and pages.stats.bytes_fetched == os.path.getsize(beton)
+        assert_same_epochs(epoch(loader), expected)
+        assert pages.present.all() and pages.stats.evictions == 0   # kept, whatever cache_size
