@@ -36,8 +36,16 @@ setup(
         "torch": ["torch>=2.0"],
         # timm: tests/test_mix_timm.py compares Mixup/CutMix with the version fastdata follows.
         # pyturbojpeg: tests/test_pyturbojpeg_coexistence.py checks fastdata installs beside it.
-        # assertpy: FFCV's own tests (tests/ffcv_upstream) use it.
-        "test": ["pytest>=7", "psutil>=5", "timm==1.0.31", "pyturbojpeg==2.6.1", "assertpy>=1.1"],
+        # moto[server]: the remote-file tests run a real S3-compatible server on 127.0.0.1.
+        # assertpy: FFCV's own tests (tests/ffcv_upstream) use it; fastargs (and the
+        # terminaltables it forgets to require) and torchmetrics: ffcv-imagenet's train_imagenet.py
+        # (tests/test_ffcv_imagenet.py) imports them; webdataset: FFCV's from_webdataset.
+        "test": ["pytest>=7", "psutil>=5", "timm==1.0.31", "pyturbojpeg==2.6.1",
+                 "moto[server]>=5.0", "assertpy>=1.1", "fastargs>=1.2", "terminaltables>=3.1",
+                 "torchmetrics>=1.0", "webdataset>=0.2"],
+        # Reading .beton files from URLs (s3://, gs://, https://, ...): fsspec, and s3fs for S3;
+        # other protocols need their fsspec package (gcsfs, ...).
+        "remote": ["fsspec>=2023.12", "s3fs>=2023.12"],
     },
     entry_points={"console_scripts": ["fastdata=fastdata.cli:main"]},
 )

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Seque
 import numpy as np
 import torch
 
+from .fields import RGBImageField
 from .ops.base import BatchContext, BatchOp, Decoder, default_decoder
 from .ops.tensor import ToTensor
 from .order import SHARD_SCHEMES, OrderOption, as_order, epoch_order, shard, shard_size
@@ -130,6 +131,15 @@ class Loader:
       batch.  A failure that names a sample outside the batch (a mixing partner ReplayedCrop
       decodes) still raises.
 
+    path may also be an fsspec URL (``s3://bucket/train.beton``, ``gs://``, ``https://``,
+    ``file://``): pages are fetched ahead of the order into a local page cache (fastdata/remote.py;
+    README "Remote files").  cache_dir: a directory keeping fetched pages as files (shareable by
+    the processes of a node); None keeps them in memory.  cache_size: limit of that cache in
+    bytes (None: no limit).  storage_options: passed to fsspec (e.g. ``{"endpoint_url": ...}``).
+    remote_settings: a fastdata.remote.RemoteSettings (timeouts, retries, look-ahead).  These
+    four apply to URLs only.  A page that cannot be fetched raises fastdata.remote.
+    RemotePageError (URL, page, byte range) in the training loop, the epoch's threads stopped.
+
     close() (or leaving a ``with Loader(...)`` block) stops the running epoch and releases the
     file (unmapped and closed); a closed Loader raises ValueError if iterated.  An epoch
     stopped by close(), iter() or load_state_dict() from another thread ends: a thread waiting
@@ -144,7 +154,11 @@ class Loader:
                  custom_fields: Optional[Mapping[str, type]] = None, drop_last: bool = True,
                  batches_ahead: int = 3, recompile: bool = False, *,
                  batch_ops: Optional[Sequence[Any]] = None, return_params: bool = False,
-                 on_error: str = "raise", shards: str = "contiguous"):
+                 on_error: str = "raise", shards: str = "contiguous",
+                 cache_dir: Optional[Union[str, os.PathLike]] = None,
+                 cache_size: Optional[int] = None,
+                 storage_options: Optional[Mapping[str, Any]] = None,
+                 remote_settings: Optional[Any] = None):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if batches_ahead < 1:
@@ -159,10 +173,13 @@ class Loader:
                           indices=indices, pipelines=pipelines, custom_fields=custom_fields,
                           drop_last=drop_last, batches_ahead=batches_ahead, recompile=recompile,
                           batch_ops=batch_ops, return_params=return_params, on_error=on_error,
-                          shards=shards)
+                          shards=shards, cache_dir=cache_dir, cache_size=cache_size,
+                          storage_options=storage_options, remote_settings=remote_settings)
         path = fname
         num_workers = resolve_workers(num_workers)
-        self.reader = Reader(path, custom_fields)
+        self.reader = Reader(path, custom_fields, storage_options=storage_options,
+                             cache_dir=cache_dir, cache_size=cache_size,
+                             remote_settings=remote_settings)
         if not os_cache:
             self.reader.load_into_memory()
         self.path = os.fspath(path)
@@ -201,6 +218,8 @@ class Loader:
             self.rank = torch.distributed.get_rank()
             self.world_size = torch.distributed.get_world_size()
         self._pages = self._page_of_samples()[self.indices]
+        if self.reader.remote is not None:
+            self._prepare_remote()
 
         self.pipelines = self._build_pipelines(pipelines or {})
         # Output names in tuple order (a multi-view pipeline gives name, name_1, name_2, ...).
@@ -238,6 +257,18 @@ class Loader:
             if ptrs is not None:
                 return (ptrs // np.uint64(self.reader.page_size)).astype(np.int64)
         return np.zeros(len(self.reader), dtype=np.int64)
+
+    def _prepare_remote(self) -> None:
+        """A remote file: warn about order='random'; fetch the pages holding non-image payloads
+        before the decoders are bound (some, e.g. top-k targets, check every record then)."""
+        remote = self.reader.remote
+        if self.order is OrderOption.RANDOM:
+            remote.warn_random_order(self.batch_size)
+        for name, field in self.reader.fields.items():
+            ptrs = self.reader.payload_ptrs(name)
+            if ptrs is not None and not isinstance(field, RGBImageField):
+                sizes = self.reader.payload_sizes(name)
+                remote.fetch_pages(remote.pages_of_samples_field(ptrs, sizes), None)
 
     def _build_pipelines(self, spec: Mapping[str, Optional[Sequence[Any]]]) -> list[_Pipeline]:
         unknown = set(spec) - set(self.reader.fields)
@@ -645,6 +676,10 @@ class _Producer:
         self.stream = torch.cuda.Stream() if loader._needs_cuda and torch.cuda.is_available() \
             else None
         self.events: dict[int, Any] = {}   # slot -> CUDA event: its last batch's copy is done
+        self.page_feed = None    # a remote file: fetches the pages of the next batches ahead
+        if loader.reader.remote is not None:
+            from .remote import PageFeed
+            self.page_feed = PageFeed(loader.reader.remote, batches, first_batch, self.stop)
         self.thread: Optional[threading.Thread] = None
         if loader.num_workers == 0:
             self.serial_lock = threading.RLock()    # close() from another thread waits for get()
@@ -695,6 +730,8 @@ class _Producer:
             self._put(err)
         finally:
             self.pool.close()
+            if self.page_feed is not None:
+                self.page_feed.close()
 
     def _serial_items(self) -> Iterator[tuple]:
         """num_workers=0: each batch, decoded and finished when ``get`` asks for it."""
@@ -718,6 +755,8 @@ class _Producer:
     def _try_start_batch(self, batch_number: int, indices: np.ndarray,
                          replacements: Optional[_Replacements]) -> _Started:
         loader = self.loader
+        if self.page_feed is not None:      # every page the batch's samples touch is present
+            self.page_feed.ensure(batch_number, indices)
         slot = batch_number % loader.ring_size
         ctx = BatchContext(indices=indices, epoch=self.epoch, seed=loader.seed, slot=slot,
                            batch=batch_number, rank=loader.rank, world_size=loader.world_size,
@@ -803,6 +842,8 @@ class _Producer:
         with self.serial_lock:
             self.serial_items.close()
             self.pool.close()
+            if self.page_feed is not None:
+                self.page_feed.close()
 
 
 class _null:

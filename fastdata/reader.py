@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Mapping, NamedTuple, Optional, Sequence, Type
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Optional, Sequence, Type
 
 import numpy as np
 
 from . import format as fmt
 from .fields import CUSTOM_TYPE_ID, TYPE_IDS, Field, RegionTable, RGBImageField
 from .format import FormatError
+
+if TYPE_CHECKING:
+    from .remote import RemoteSettings
 
 
 class SampleError(RuntimeError):
@@ -158,28 +161,62 @@ class Reader:
     ``accept_jpeg_warnings``: decode JPEG records that libjpeg decodes only with a warning
     (corrupt data), as FFCV does; by default ``read`` raises SampleError for them and for
     records that do not end with the end-of-image marker.
+
+    ``path`` may be an fsspec URL (``s3://``, ``gs://``, ``https://``, ``file://``, ...): the file
+    is read page by page into a local page cache (``self.remote``, a fastdata.remote.RemotePages)
+    and validated as a local file.  ``storage_options`` go to fsspec; ``cache_dir`` keeps fetched
+    pages as files (shareable by processes); ``cache_size`` limits the cache in bytes (None: no
+    limit); ``remote_settings`` (fastdata.remote.RemoteSettings) sets timeouts, retries and
+    look-ahead.  They apply to URLs only.  A page that cannot be fetched raises
+    fastdata.remote.RemotePageError.
     """
 
     def __init__(self, path: str | os.PathLike, custom_fields: Optional[Mapping[str, Type[Field]]]
-                 = None, accept_jpeg_warnings: bool = False):
+                 = None, accept_jpeg_warnings: bool = False, *,
+                 storage_options: Optional[Mapping[str, Any]] = None,
+                 cache_dir: Optional[str | os.PathLike] = None, cache_size: Optional[int] = None,
+                 remote_settings: Optional["RemoteSettings"] = None):
         self.path = os.fspath(path)
         custom_fields = dict(custom_fields or {})
-        with open(self.path, "rb") as f:
-            self.file_size = os.fstat(f.fileno()).st_size
-            if self.file_size < fmt.HEADER_SIZE:
-                raise FormatError(f"{self.path}: {self.file_size} bytes is too short for a header")
-            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        # A URL (s3://, gs://, https://, file://, ...) is read through fsspec into a local page
+        # cache (fastdata/remote.py); storage_options, cache_dir, cache_size (bytes) and
+        # remote_settings (a remote.RemoteSettings) apply to URLs only.
+        self.remote = None
+        if "://" in self.path:
+            from .remote import RemotePages
+            self.remote = RemotePages(self.path, storage_options, cache_dir, cache_size,
+                                      remote_settings)
+            self.file_size = self.remote.size
+            self._mmap = None
+        else:
+            with open(self.path, "rb") as f:
+                self.file_size = os.fstat(f.fileno()).st_size
+                if self.file_size >= fmt.HEADER_SIZE:
+                    self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if self.file_size < fmt.HEADER_SIZE:
+            self.close()
+            raise FormatError(f"{self.path}: {self.file_size} bytes is too short for a header")
         try:
             self._open(custom_fields)
         except FormatError as err:
             self.close()
             raise FormatError(f"{self.path}: {err}") from None
+        except BaseException:
+            self.close()
+            raise
         for field in self.fields.values():
             if isinstance(field, RGBImageField):
                 field.accept_jpeg_warnings = bool(accept_jpeg_warnings)
 
+    def _fetch(self, start: int, stop: int) -> None:
+        """A remote file: make bytes [start, stop) present for good (what open reads)."""
+        if self.remote is not None:
+            self.remote.ensure_range(start, stop, for_good=True)
+
     def _open(self, custom_fields: Mapping[str, Type[Field]]) -> None:
-        self.data = np.frombuffer(self._mmap, dtype=np.uint8)
+        self.data = self.remote.data if self.remote is not None else \
+            np.frombuffer(self._mmap, dtype=np.uint8)
+        self._fetch(0, fmt.HEADER_SIZE)
         header = self.data[:fmt.HEADER_SIZE].view(fmt.HEADER_DTYPE)[0]
         if int(header["version"]) != fmt.VERSION:
             raise FormatError(f"format version {int(header['version'])} is not {fmt.VERSION} "
@@ -195,6 +232,7 @@ class Reader:
         meta_start = fmt.metadata_start(num_fields)
         if meta_start > self.file_size:
             raise FormatError(f"{num_fields} field descriptors run past the end of the file")
+        self._fetch(fmt.HEADER_SIZE, meta_start)
         descriptors = self.data[fmt.HEADER_SIZE:meta_start].view(fmt.FIELD_DESC_DTYPE)
         self.fields: dict[str, Field] = {}
         for k, desc in enumerate(descriptors):
@@ -225,6 +263,8 @@ class Reader:
                               f"[{meta_end}, {self.file_size}]: truncated file?")
         if (self.file_size - self.alloc_table_ptr) % fmt.ALLOC_ENTRY_DTYPE.itemsize:
             raise FormatError("allocation table is not a whole number of entries: truncated file?")
+        self._fetch(meta_start, meta_end)
+        self._fetch(self.alloc_table_ptr, self.file_size)
         self.metadata = self.data[meta_start:meta_end].view(self.metadata_dtype)
         self.alloc_table = self.data[self.alloc_table_ptr:].view(fmt.ALLOC_ENTRY_DTYPE)
         self._check_alloc_table(meta_end)
@@ -245,6 +285,10 @@ class Reader:
             if self._side_tables[name] is not None:
                 field.check_side_table(column, self._side_tables[name], name)
         self._check_regions_match_values()
+        if self.remote is not None:
+            names = [n for n in self.field_names if self._ptrs[n] is not None]
+            self.remote.index_samples([self._ptrs[n] for n in names],
+                                      [self._sizes[n] for n in names], self.num_samples)
 
     def _check_alloc_table(self, data_floor: int) -> None:
         table = self.alloc_table
@@ -286,11 +330,16 @@ class Reader:
                 or int(self.regions.sizes[starts]) != nbytes:
             raise FormatError(f"field {name!r}: side table pointer {ptr} is not the start of an "
                               f"allocated region of {nbytes} bytes")
+        self._fetch(ptr, ptr + nbytes)
         return self.data[ptr:ptr + nbytes].view(field.side_table_dtype)
 
     def load_into_memory(self) -> None:
         """Copy the whole file into process memory and drop the memory map (for files that
-        should not depend on the page cache; needs RAM for the whole file)."""
+        should not depend on the page cache; needs RAM for the whole file).  A remote file:
+        every page is fetched and none is evicted."""
+        if self.remote is not None:
+            self.remote.fetch_all()
+            return
         data = np.fromfile(self.path, dtype=np.uint8)
         if len(data) != self.file_size:
             raise FormatError(f"{self.path}: the file changed size while open")
@@ -320,12 +369,15 @@ class Reader:
         return i
 
     def payload(self, index: int, name: str) -> Optional[np.ndarray]:
-        """The stored bytes of one value (a read-only view into the file), or None."""
+        """The stored bytes of one value (a read-only view into the file; a copy for a remote
+        file, whose pages may be evicted), or None."""
         i = self._index(index)
         ptrs = self._ptrs[name]
         if ptrs is None:
             return None
         start = int(ptrs[i])
+        if self.remote is not None:
+            return self.remote.read_bytes(start, start + int(self._sizes[name][i]))
         return self.data[start:start + int(self._sizes[name][i])]
 
     def payload_ptrs(self, name: str) -> Optional[np.ndarray]:
@@ -393,6 +445,8 @@ class Reader:
             except BufferError:
                 pass   # a view is still alive; the map goes when it does
             self._mmap = None
+        if getattr(self, "remote", None) is not None:
+            self.remote.close()
 
     def __enter__(self) -> "Reader":
         return self
