@@ -2,7 +2,7 @@
 
 Decoders: image decoders (``image_decoders``: RandomResizedCrop, CenterCrop,
 SimpleRGBImageDecoder, MultiView), the crop samplers whose typed records (``crops``:
-CropParams) an image backend (``backends``: ImageBackend, CPUBackend) decodes, and the others
+CropParams) an image backend (``fastdata.backends``: ImageBackend, CPUBackend, ...) decodes, and the others
 (``decoders``: IntDecoder, FloatDecoder, NDArrayDecoder, BytesDecoder, JSONDecoder).
 Batch ops: ``tensor`` (ToTensor, ToTorchImage, ToDevice, Normalize, NormalizeImage, Squeeze,
 Convert), RandomHorizontalFlip, and label-aware ops: ``mix`` (Mixup with
@@ -30,7 +30,8 @@ _WHERE = {
     "LabelMapPool": "relabel", "LabelMapDecoder": "relabel",
     "ReplayedCrop": "replay", "ReplayTargets": "replay", "ReplayPlan": "replay",
     "CropParams": "crops", "CropView": "crops", "PastePlan": "crops",
-    "ImageBackend": "backends", "CPUBackend": "backends", "MixPlan": "mix", "MixRecord": "mix",
+    "MixPlan": "mix", "MixRecord": "mix",
+    "ImageBackend": "fastdata.backends", "CPUBackend": "fastdata.backends",
     "register_default_decoder": "base", "default_decoder": "base",
 }
 __all__ = sorted(_WHERE)
@@ -38,5 +39,7 @@ __all__ = sorted(_WHERE)
 
 def __getattr__(name: str):
     if name in _WHERE:
-        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+        where = _WHERE[name]
+        module = where if where.startswith("fastdata.") else f"{__name__}.{where}"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,7 +33,7 @@ import numpy as np
 from ..fields.reinforce import ReinforcementField, first_bad_record
 from ..pixels.mix import mix_range
 from ..rng import OP_REPLAY, draws
-from .backends import ImageBackend
+from ..backends.base import ImageBackend
 from .base import BatchContext, Decoder, register_default_decoder
 from .crops import CropParams
 from .image_decoders import ImageDecoder, RandomHorizontalFlip
