@@ -26,7 +26,7 @@ import numpy as np
 
 from ..fields.rgb_image import MODE_JPG
 from ..pixels import jpeg
-from ..pixels.image_kernel import OPT_WITHIN_BOX
+from ..pixels.image_kernel import EDGE, OPT_WITHIN_BOX
 from ..ops.base import host_array
 from ..ops.crops import CropParams, PastePlan
 
@@ -152,7 +152,8 @@ class RegionPlan:
 
     regions: int64[m, 4] (top, left, height, width) in stored pixels: the union of the pixels
       the views' filters read (the box's pixels for a filter within the box; the box widened
-      by the filter's reach, inside the image, otherwise);
+      by the filter's reach, inside the image, otherwise), and a few pixels more (see
+      region_plan);
     slices: int64[V, m, 4] (top, left, height, width) of each view's read area inside the
       region;
     rois: float64[V, m, 4] (y0, x0, y1, x1) of each view's box inside its slice, x0 > x1 for a
@@ -162,9 +163,10 @@ class RegionPlan:
     rois: np.ndarray
 
 
-def region_plan(crops: CropParams, positions: np.ndarray) -> RegionPlan:
+def region_plan(crops: CropParams, positions: np.ndarray, edge: int = EDGE) -> RegionPlan:
     """The RegionPlan of batch positions ``positions`` (int64[m]) of ``crops``: what the CPU
-    kernel reads at full scale (pixels.image_kernel.decode_range without its DCT scaling)."""
+    kernel reads at full scale (pixels.image_kernel.decode_range without its DCT scaling),
+    ``edge`` pixels more on each side (inside the image)."""
     boxes = crops.boxes[:, positions].astype(np.float64)           # [V, m, 4]
     flips = crops.decoder_flips[:, positions] != 0                 # [V, m]
     sizes = crops.sizes[positions].astype(np.int64)                # [m, 2]
@@ -177,7 +179,10 @@ def region_plan(crops: CropParams, positions: np.ndarray) -> RegionPlan:
     lo = np.clip(np.floor(start) - margin, 0, sizes[None]).astype(np.int64)
     hi = np.clip(np.ceil(start + length) + margin, 0, sizes[None]).astype(np.int64)
     hi = np.maximum(hi, lo + 1)
-    region_lo, region_hi = lo.min(axis=0), hi.max(axis=0)          # [m, 2]
+    # Decoders upsample chroma from neighbouring samples, which a region decode lacks at its
+    # edges: EDGE more pixels on each side make the read area's pixels a full decode's.
+    region_lo = np.maximum(lo.min(axis=0) - edge, 0)               # [m, 2]
+    region_hi = np.minimum(hi.max(axis=0) + edge, sizes)
     regions = np.concatenate([region_lo, region_hi - region_lo], axis=1)
     slices = np.concatenate([lo - region_lo[None], hi - lo], axis=2)
     y0, x0 = start[..., 0] - lo[..., 0], start[..., 1] - lo[..., 1]
