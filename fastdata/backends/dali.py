@@ -33,6 +33,7 @@ are copied from DALI's buffers into a fixed ring of device slots allocated once.
 """
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any, Callable, Optional
 
@@ -40,6 +41,7 @@ import numpy as np
 
 from ..fields.rgb_image import MODE_JPG
 from ..ops.crops import CropParams
+from ..pixels import jpeg
 from ..reader import SampleError
 from .base import (ImageBackend, RegionPlan, jpeg_problem, missing_extra, region_plan,
                    write_outputs)
@@ -67,8 +69,12 @@ def cuda_available() -> bool:
 
 
 def _reason(err: Exception) -> str:
-    """The informative line of a DALI error (its first says only that the pipeline failed)."""
+    """The informative line of a DALI error (what follows "encountered:"; DALI prints the
+    codec's own message to stderr only)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if "encountered:" in lines and lines.index("encountered:") + 1 < len(lines):
+        line = lines[lines.index("encountered:") + 1].rstrip(" :")
+        return re.sub(r"sample #\d+", "the record", line)     # its number in a 1-sample run
     lines = [line for line in lines if not line.startswith("Critical error")] or lines
     return lines[0] if lines else type(err).__name__
 
@@ -278,8 +284,8 @@ class DaliBackend(ImageBackend):
                      describe) -> None:
         try:
             results = self._run(state, kind, samples, plan)
-        except Exception as err:
-            self._blame(state, kind, positions, samples, plan, err, describe)
+        except Exception:
+            self._blame(state, kind, positions, samples, plan, describe)
             raise
         if self.on_gpu:
             self._write_gpu(results, positions, outs, crops, state["stream"])
@@ -309,7 +315,7 @@ class DaliBackend(ImageBackend):
         stream.synchronize()
 
     def _blame(self, state: dict, kind: str, positions: np.ndarray, samples: np.ndarray,
-               plan: RegionPlan, err: Exception, describe) -> None:
+               plan: RegionPlan, describe) -> None:
         """DALI failed a run: decode each sample alone, in a new pipeline (a pipeline that
         raised is not reused), to raise a SampleError naming the first that fails."""
         state["pipes"].pop(kind, None)
@@ -320,8 +326,14 @@ class DaliBackend(ImageBackend):
                 self._run(state, kind, samples[m:m + 1], one)
             except Exception as single:
                 state["pipes"].pop(kind, None)
-                raise self._error(int(positions[m]), int(samples[m]),
-                                  f"DALI: {_reason(single)}", describe, kind) from None
+                index = int(samples[m])
+                reason = f"DALI: {_reason(single)}"
+                if kind == "jpeg":
+                    try:       # libjpeg's own words, which DALI only prints
+                        jpeg.decode_record(self.images.payload(index), accept_warnings=True)
+                    except jpeg.JpegError as codec:
+                        reason += f" (libjpeg: {codec})"
+                raise self._error(int(positions[m]), index, reason, describe, kind) from None
 
     def _error(self, k: int, index: int, reason: str,
                describe: Optional[Callable[[int], str]], kind: str = "jpeg") -> SampleError:
