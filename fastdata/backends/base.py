@@ -120,6 +120,16 @@ class ImageBackend:
 
 
 
+def device_slots(output_sizes: list[tuple[int, int]], batch_size: int, ring_size: int,
+                 device: str) -> list[tuple]:
+    """A GPU backend's ring: per slot, one uint8 [batch_size, h, w, 3] device tensor per view,
+    allocated once (the batches reuse them: device memory stays flat)."""
+    import torch
+    rings = [torch.empty((ring_size, batch_size, h, w, 3), dtype=torch.uint8, device=device)
+             for h, w in output_sizes]
+    return [tuple(ring[s] for ring in rings) for s in range(ring_size)]
+
+
 def missing_extra(backend: str, extra: str, packages: str) -> ImportError:
     """The one-line error of a backend whose optional packages are not installed."""
     return ImportError(f"image backend {backend!r} needs {packages}: "
@@ -252,4 +262,4 @@ def make_backend(backend: Union[str, ImageBackend], **options: Any) -> ImageBack
 
 
 __all__ = ["ImageBackend", "StoredImages", "BACKENDS", "make_backend", "RegionPlan",
-           "region_plan", "write_outputs", "jpeg_problem", "missing_extra"]
+           "region_plan", "write_outputs", "jpeg_problem", "missing_extra", "device_slots"]

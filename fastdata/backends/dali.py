@@ -43,8 +43,8 @@ from ..fields.rgb_image import MODE_JPG
 from ..ops.crops import CropParams
 from ..pixels import jpeg
 from ..reader import SampleError
-from .base import (ImageBackend, RegionPlan, jpeg_problem, missing_extra, region_plan,
-                   write_outputs)
+from .base import (ImageBackend, RegionPlan, device_slots, jpeg_problem, missing_extra,
+                   region_plan, write_outputs)
 
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -143,10 +143,7 @@ class DaliBackend(ImageBackend):
     def allocate(self, batch_size: int, ring_size: int, pin: bool) -> list[tuple]:
         if not self.on_gpu:
             return super().allocate(batch_size, ring_size, pin)
-        import torch
-        rings = [torch.empty((ring_size, batch_size, h, w, 3), dtype=torch.uint8,
-                             device=self.device) for h, w in self.output_sizes]
-        return [tuple(ring[s] for ring in rings) for s in range(ring_size)]
+        return device_slots(self.output_sizes, batch_size, ring_size, self.device)
 
     def make_worker_state(self) -> dict:
         if self.on_gpu:
