@@ -210,9 +210,9 @@ def write_outputs(decoded: Any, positions: np.ndarray, out: Any, paste: PastePla
     out[paste.paste_to[k]], the rest to out[k].  Without a paste: out[positions] = decoded."""
     pasting = view == 0 and paste.active
     if not pasting:
-        if len(positions) and np.array_equal(positions,
-                                             np.arange(positions[0], positions[0] + len(positions))):
-            out[int(positions[0]):int(positions[0]) + len(positions)] = decoded
+        first = int(positions[0]) if len(positions) else 0
+        if len(positions) and np.array_equal(positions, np.arange(first, first + len(positions))):
+            out[first:first + len(positions)] = decoded
         else:
             for i, k in enumerate(positions):
                 out[int(k)] = decoded[i]

@@ -28,7 +28,8 @@ Memory: on the CPU, one pipeline per loader worker thread (``num_threads=1``: th
 threads are the parallelism) of at most ``task_size`` samples.  On a GPU, one pipeline shared by
 the worker threads (a lock; one batch at a time), of the loader's batch size; its nvJPEG pools
 are padded to the largest stored JPEG (``device_memory_padding`` and ``host_memory_padding`` =
-width x height x 3 bytes of the largest JPEG, so they do not grow mid-epoch), and the outputs
+width x height x 3 bytes of the largest JPEG, at least 1 MiB, so they do not grow mid-epoch; the
+hardware decoder preallocates for the largest width and height), and the outputs
 are copied from DALI's buffers into a fixed ring of device slots allocated once.
 """
 from __future__ import annotations
@@ -105,6 +106,9 @@ class DaliBackend(ImageBackend):
             raise ValueError(f"DaliBackend device must be one of {DEVICES}, got {device!r}")
         if device == "auto":
             device = "gpu" if cuda_available() else "cpu"
+        elif device == "gpu" and not cuda_available():
+            raise RuntimeError("DaliBackend(device='gpu') needs a CUDA device; none is visible "
+                               "to torch (device='cpu' runs DALI's CPU operators)")
         if task_size < 1 or num_threads < 1:
             raise ValueError(f"task_size and num_threads must be >= 1, got {task_size}, "
                              f"{num_threads}")
@@ -188,9 +192,15 @@ class DaliBackend(ImageBackend):
                 shape = fn.external_source(name="shape", dtype=types.INT32, ndim=1)
                 options = {}
                 if gpu:
-                    pool = max(self.images.max_jpeg_pixels * 3, 1 << 20)
+                    images = self.images
+                    jpegs = images.modes == MODE_JPG
+                    pool = max(images.max_jpeg_pixels * 3, 1 << 20)
                     options = dict(hw_decoder_load=self.hw_decoder_load,
-                                   device_memory_padding=pool, host_memory_padding=pool)
+                                   device_memory_padding=pool, host_memory_padding=pool,
+                                   preallocate_width_hint=int(images.widths[jpegs].max(
+                                       initial=0)),
+                                   preallocate_height_hint=int(images.heights[jpegs].max(
+                                       initial=0)))
                 image = fn.decoders.image_slice(data, anchor, shape, axis_names="HW",
                                                 device="mixed" if gpu else "cpu",
                                                 output_type=types.RGB,

@@ -2,8 +2,9 @@
 
 Decoders: image decoders (``image_decoders``: RandomResizedCrop, CenterCrop,
 SimpleRGBImageDecoder, MultiView), the crop samplers whose typed records (``crops``:
-CropParams) an image backend (``fastdata.backends``: ImageBackend, CPUBackend, ...) decodes, and the others
-(``decoders``: IntDecoder, FloatDecoder, NDArrayDecoder, BytesDecoder, JSONDecoder).
+CropParams) an image backend (``fastdata.backends``: ImageBackend, CPUBackend, ...) decodes,
+and the others (``decoders``: IntDecoder, FloatDecoder, NDArrayDecoder, BytesDecoder,
+JSONDecoder).
 Batch ops: ``tensor`` (ToTensor, ToTorchImage, ToDevice, Normalize, NormalizeImage, Squeeze,
 Convert), RandomHorizontalFlip, and label-aware ops: ``mix`` (Mixup with
 CutMix, OneHot with label smoothing), ``targets`` (TeacherTargets from stored top-k outputs),
