@@ -17,9 +17,10 @@ by the decoder (nvJPEG's IDCT and upsampling are not libjpeg-turbo's) and by the
 scaling, not by the filter.
 
 Memory: the outputs go to a fixed ring of device slots (``base.device_slots``) allocated once;
-nvImageCodec allocates each batch's decoded regions through its own device allocator and the
-resize's temporaries come from torch's caching allocator, which reuses its blocks from batch to
-batch (bench/gpu_check.py measures device memory over 20 epochs).  ``device="cpu"`` runs the
+nvImageCodec decodes each batch into the previous batch's images (0.9 and later; their buffers
+grow to the largest region each position has had, then stay) and the resize's temporaries come
+from torch's caching allocator, which reuses its blocks from batch to batch (bench/gpu_check.py
+measures device memory over 20 epochs).  ``device="cpu"`` runs the
 same steps with nvImageCodec's CPU codecs into host slots (the tests' mode without a GPU).
 """
 from __future__ import annotations
@@ -161,14 +162,13 @@ class NvImageCodecBackend(ImageBackend):
     def _regions(self, plan, positions, samples, is_jpeg, state, describe) -> list:
         """Each position's decoded region, uint8 [h, w, 3] on the device."""
         import torch
-        images, stream = self.images, state["stream"]
+        images = self.images
         regions: list = [None] * len(positions)
         jpegs = np.flatnonzero(is_jpeg)
         if len(jpegs):
             sources = [decode_source(self._codec, images.payload(int(samples[m])),
                                      plan.regions[m]) for m in jpegs]
-            options = {"cuda_stream": stream.cuda_stream} if stream is not None else {}
-            decoded = state["decoder"].decode(sources, params=state["params"], **options)
+            decoded = self._decode(state, sources)
             for m, image in zip(jpegs, decoded):
                 if image is None:
                     raise self._error(int(positions[m]), int(samples[m]),
@@ -184,6 +184,26 @@ class NvImageCodecBackend(ImageBackend):
             regions[m] = torch.from_numpy(np.array(stored[top:top + h, left:left + w])).to(
                 self.device)         # a copy: the file's pages are read-only
         return regions
+
+    def _decode(self, state: dict, sources: list) -> list:
+        """One batched decode.  nvImageCodec 0.9 and later decode into the previous batch's
+        images (``images=``; each buffer grows to the largest region its position has had), so
+        the decoder allocates nothing per batch once they have grown."""
+        options = {"params": state["params"]}
+        if state["stream"] is not None:
+            options["cuda_stream"] = state["stream"].cuda_stream
+        kept = state.setdefault("images", [])
+        decoded = None
+        if state.get("reuse", True) and len(kept) >= len(sources):
+            try:
+                decoded = state["decoder"].decode(sources, images=kept[:len(sources)], **options)
+            except TypeError:              # before nvImageCodec 0.9: no images= to reuse
+                state["reuse"] = False
+        if decoded is None:
+            decoded = state["decoder"].decode(sources, **options)
+        if state.get("reuse", True) and all(image is not None for image in decoded):
+            state["images"] = list(decoded) + kept[len(decoded):]
+        return decoded
 
     def _error(self, k: int, index: int, reason: str,
                describe: Optional[Callable[[int], str]]) -> SampleError:
