@@ -34,6 +34,12 @@ setup(
     ],
     extras_require={
         "torch": ["torch>=2.0"],
+        # GPU image backends (fastdata.backends): backend="dali" and backend="nvimgcodec" (the
+        # versions tested: DALI 2.4, nvImageCodec 0.9).  These are the CUDA 12 builds; on CUDA 13
+        # install nvidia-dali-cuda130 / nvidia-nvimgcodec-cu13 instead.  DALI also runs its CPU
+        # operators without a GPU (what the tests use).
+        "dali": ["nvidia-dali-cuda120>=2.4", "torch>=2.0"],
+        "nvimgcodec": ["nvidia-nvimgcodec-cu12>=0.9", "nvidia-nvjpeg-cu12", "torch>=2.0"],
         # timm: tests/test_mix_timm.py compares Mixup/CutMix with the version fastdata follows.
         # pyturbojpeg: tests/test_pyturbojpeg_coexistence.py checks fastdata installs beside it.
         # moto[server]: the remote-file tests run a real S3-compatible server on 127.0.0.1.

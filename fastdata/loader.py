@@ -776,8 +776,7 @@ class _Producer:
             p = loader.pipelines[k]
             p.decoder.prepare(ctx, outs[k])
             if p.decoder.parallel:
-                step = p.decoder.task_size
-                tasks += [(k, s, min(s + step, n)) for s in range(0, n, step)]
+                tasks += [(k, s, e) for s, e in p.decoder.task_ranges(n)]
         job = _Job(len(tasks))
         for k, start, stop in tasks:
             self.pool.tasks.put((job, k, ctx, start, stop, outs[k]))

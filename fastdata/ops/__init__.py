@@ -2,8 +2,9 @@
 
 Decoders: image decoders (``image_decoders``: RandomResizedCrop, CenterCrop,
 SimpleRGBImageDecoder, MultiView), the crop samplers whose typed records (``crops``:
-CropParams) an image backend (``backends``: ImageBackend, CPUBackend) decodes, and the others
-(``decoders``: IntDecoder, FloatDecoder, NDArrayDecoder, BytesDecoder, JSONDecoder).
+CropParams) an image backend (``fastdata.backends``: ImageBackend, CPUBackend, ...) decodes,
+and the others (``decoders``: IntDecoder, FloatDecoder, NDArrayDecoder, BytesDecoder,
+JSONDecoder).
 Batch ops: ``tensor`` (ToTensor, ToTorchImage, ToDevice, Normalize, NormalizeImage, Squeeze,
 Convert), RandomHorizontalFlip, and label-aware ops: ``mix`` (Mixup with
 CutMix, OneHot with label smoothing), ``targets`` (TeacherTargets from stored top-k outputs),
@@ -30,7 +31,8 @@ _WHERE = {
     "LabelMapPool": "relabel", "LabelMapDecoder": "relabel",
     "ReplayedCrop": "replay", "ReplayTargets": "replay", "ReplayPlan": "replay",
     "CropParams": "crops", "CropView": "crops", "PastePlan": "crops",
-    "ImageBackend": "backends", "CPUBackend": "backends", "MixPlan": "mix", "MixRecord": "mix",
+    "MixPlan": "mix", "MixRecord": "mix",
+    "ImageBackend": "fastdata.backends", "CPUBackend": "fastdata.backends",
     "register_default_decoder": "base", "default_decoder": "base",
 }
 __all__ = sorted(_WHERE)
@@ -38,5 +40,7 @@ __all__ = sorted(_WHERE)
 
 def __getattr__(name: str):
     if name in _WHERE:
-        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+        where = _WHERE[name]
+        module = where if where.startswith("fastdata.") else f"{__name__}.{where}"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,9 +14,10 @@ op) and kept in the batch's context as a typed record, where later ops read it: 
 plans drawn before decoding, what Mixup drew.
 
 What the Loader asks of a decoder (never its class): ``output_count`` (views), ``device``,
-``parallel`` and ``task_size``, ``allocate`` (its ring-slot buffers), ``reads`` (the fields whose
-crops it reads: it prepares after their decoders), ``absorb`` (ops it folds in), ``paste_size``
-(whether a CutMix may paste while it decodes) and ``params_record``.  The decoder a field gets
+``parallel`` and ``task_ranges`` (by ``task_size``), ``allocate`` (its ring-slot buffers),
+``reads`` (the fields whose crops it reads: it prepares after their decoders), ``absorb`` (ops
+it folds in), ``paste_size`` (whether a CutMix may paste while it decodes) and
+``params_record``.  The decoder a field gets
 by default is the one registered for its type with ``register_default_decoder``.
 """
 from __future__ import annotations
@@ -91,6 +92,12 @@ class Decoder(Operation):
     output_count = 1
     #: Where the decoded batch lives.
     device = "cpu"
+
+    def task_ranges(self, n: int) -> list[tuple[int, int]]:
+        """How the parallel part of a batch of n samples is cut into worker tasks: (start, stop)
+        ranges covering 0..n once; default ranges of ``task_size``."""
+        step = max(1, int(self.task_size))
+        return [(s, min(s + step, n)) for s in range(0, n, step)]
 
     @property
     def reads(self) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
 """Image decoders: the crop samplers.  Each draws a batch's crop boxes and flip bits first
-(a typed ``CropParams``, fastdata.ops.crops), then its backend (fastdata.ops.backends, chosen
+(a typed ``CropParams``, fastdata.ops.crops), then its backend (fastdata.backends, chosen
 with ``backend=``, default "cpu") decodes only what the crops need, resizes with an
 anti-aliased filter and flips while writing.
 
@@ -33,7 +33,7 @@ import numpy as np
 from ..fields import RGBImageField
 from ..pixels.image_kernel import OPT_MAX_DENOM, OPT_WITHIN_BOX
 from ..rng import OP_CROP, OP_FLIP, VIEW_STRIDE, draws
-from .backends import ImageBackend, StoredImages, make_backend
+from ..backends.base import ImageBackend, StoredImages, make_backend
 from .base import BatchContext, BatchOp, Decoder, check_range, register_default_decoder
 from .crop_params import (center_crop_box, random_resized_crop_boxes,
                           torchvision_center_crop_boxes)
@@ -75,7 +75,7 @@ class ImageDecoder(Decoder):
     dct_scaling: decode a JPEG at 1/2, 1/4 or 1/8 scale when the box is that many times larger
     than the output (faster; the README gives what it costs in pixels).  False: always decode
     at full scale, then resize.
-    backend: the name of the image backend ("cpu", the default; see ops.backends.BACKENDS) or
+    backend: the name of the image backend ("cpu", the default; see fastdata.backends.BACKENDS) or
     an ImageBackend.  The two options below go to a backend given by name.
     accept_jpeg_warnings: accept JPEG data that libjpeg decodes only with a warning (corrupt or
     truncated data, decoded as best it can), as FFCV does; False (default) raises
@@ -137,7 +137,13 @@ class ImageDecoder(Decoder):
 
     def paste_size(self) -> Optional[tuple[int, int]]:
         """The output (height, width) a CutMix may paste into while decoding, or None."""
-        return self.output_size if self.supports_paste and len(self.views) == 1 else None
+        return self.output_size if (self.supports_paste and self.backend.supports_paste
+                                    and len(self.views) == 1) else None
+
+    def task_ranges(self, n: int) -> list[tuple[int, int]]:
+        """The backend's cut of a batch into worker tasks (one range for a batched GPU
+        decoder)."""
+        return self.backend.task_ranges(n)
 
     def bind(self, reader, name: str, field_index: int) -> None:
         super().bind(reader, name, field_index)

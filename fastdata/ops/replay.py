@@ -33,7 +33,7 @@ import numpy as np
 from ..fields.reinforce import ReinforcementField, first_bad_record
 from ..pixels.mix import mix_range
 from ..rng import OP_REPLAY, draws
-from .backends import ImageBackend
+from ..backends.base import ImageBackend
 from .base import BatchContext, Decoder, register_default_decoder
 from .crops import CropParams
 from .image_decoders import ImageDecoder, RandomHorizontalFlip
@@ -125,6 +125,10 @@ class ReplayedCrop(ImageDecoder):
                  use_libturbojpeg: bool = True, backend: Union[str, ImageBackend] = "cpu"):
         super().__init__(output_size, dct_scaling, accept_jpeg_warnings, use_libturbojpeg,
                          backend)
+        if self.backend.device != "cpu":
+            raise ValueError(f"ReplayedCrop mixes the replayed pairs on the host; backend "
+                             f"{self.backend!r} puts its outputs on {self.backend.device}: use "
+                             f"backend='cpu' or DaliBackend(device='cpu')")
         self.reinforce = reinforce
 
     def absorb(self, ops: list) -> list:

@@ -11,6 +11,6 @@
 - ``boxes``: conversions between the crop-box convention (top, left, height, width) and the
   conventions met at the edges (timm's and ml-dr's CutMix boxes, RoIAlign's).
 
-Pipeline ops (``fastdata.ops``) and image backends (``fastdata.ops.backends``) call into this
+Pipeline ops (``fastdata.ops``) and image backends (``fastdata.backends``) call into this
 package; it never calls back.  GPU codecs belong here too.
 """

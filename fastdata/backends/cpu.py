@@ -1,31 +1,15 @@
-"""Image backends: what turns an image decoder's ``CropParams`` into pixels.
-
-An image decoder (RandomResizedCrop, CenterCrop, MultiView, SimpleRGBImageDecoder, ReplayedCrop)
-is a *sampler*: it draws the crops of a batch (``fastdata.ops.crops.CropParams``) and hands
-them to its backend, chosen on the op: ``RandomResizedCrop(224, backend="cpu")``.  A backend
-
-- declares the ``device`` its outputs live on,
-- allocates its own output slots (``allocate``: host memory, pinned host memory, or device
-  memory for a GPU backend),
-- decodes a range of batch positions from ``CropParams`` (``decode_range``), in the loader's
-  worker threads, with per-thread state (``make_worker_state``).
-
-A new backend subclasses ``ImageBackend`` and is registered in ``BACKENDS`` under its name.
-Its pixel kernels and codecs go in ``fastdata.pixels``.
-
-``CPUBackend`` ("cpu", the default) runs ``pixels.image_kernel``: libjpeg-turbo 3's region
-decoder where installed (``use_libturbojpeg=True``, and the environment variable
-``FASTDATA_NO_LIBTURBOJPEG`` unset), else simplejpeg decodes the whole JPEG at the DCT scale and
-the same resize follows.
+"""The CPU backend ("cpu", the default): the Numba kernel of ``pixels.image_kernel`` in the
+loader's worker threads.  libjpeg-turbo 3's region decoder where installed
+(``use_libturbojpeg=True``, and the environment variable ``FASTDATA_NO_LIBTURBOJPEG`` unset), else
+simplejpeg decodes the whole JPEG at the DCT scale and the same resize follows.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional
 
 import numpy as np
 
-from ..fields.rgb_image import MODE_JPG
+from ..ops.crops import CropParams
 from ..pixels import jpeg, libturbojpeg
 from ..pixels.image_kernel import (OPT_MAX_DENOM, OPT_WITHIN_BOX, STATUS_ERROR,
                                    STATUS_MISMATCH, STATUS_NEEDS_PYTHON, STATUS_NO_EOI,
@@ -34,91 +18,12 @@ from ..pixels.image_kernel import (OPT_MAX_DENOM, OPT_WITHIN_BOX, STATUS_ERROR,
 from ..pixels.jpeg import JpegError
 from ..pixels.resample import scratch_size
 from ..reader import SampleError
-from .base import host_array
-from .crops import CropParams
+from .base import ImageBackend
 
 _EMPTY = np.zeros(4, dtype=np.int64)      # an empty paste region
 _REASONS = {STATUS_MISMATCH: "stored JPEG's size differs from its record",
             STATUS_NO_EOI: jpeg.NO_EOI, STATUS_ZERO_QUANT: jpeg.ZERO_QUANT}
 _FAILED = (STATUS_ERROR, *_REASONS)
-
-
-@dataclass
-class StoredImages:
-    """The stored images of one RGBImageField of an open file, as the backends read them.
-
-    data: the file's bytes (uint8); modes uint8[N] (MODE_JPG or raw); ptrs, sizes int64[N]: each
-    payload's place; heights, widths int64[N]: stored sizes; orig_heights, orig_widths int64[N]:
-    sizes before max_resolution; name: the field (for error messages)."""
-    data: np.ndarray
-    modes: np.ndarray
-    ptrs: np.ndarray
-    sizes: np.ndarray
-    heights: np.ndarray
-    widths: np.ndarray
-    orig_heights: np.ndarray
-    orig_widths: np.ndarray
-    name: str
-
-    @classmethod
-    def from_reader(cls, reader, name: str) -> "StoredImages":
-        column = reader.column(name)
-        stored, original = reader.image_sizes(name)
-        return cls(reader.data, np.ascontiguousarray(column["mode"]).astype(np.uint8),
-                   reader.payload_ptrs(name).astype(np.int64),
-                   reader.payload_sizes(name).astype(np.int64),
-                   *(np.ascontiguousarray(a) for a in (stored[:, 0], stored[:, 1],
-                                                       original[:, 0], original[:, 1])), name)
-
-    def payload(self, index: int) -> np.ndarray:
-        """Sample ``index``'s stored bytes (a view into the file)."""
-        ptr, size = int(self.ptrs[index]), int(self.sizes[index])
-        return self.data[ptr:ptr + size]
-
-    @property
-    def max_jpeg_pixels(self) -> int:
-        return int((self.widths * self.heights)[self.modes == MODE_JPG].max(initial=0))
-
-
-class ImageBackend:
-    """Decodes crops into output slots.  See the module docstring; ``CPUBackend`` is the
-    reference implementation."""
-
-    #: The name ops take in ``backend=``.
-    name = ""
-    #: Where the outputs live ("cpu", or a torch device string for a GPU backend).
-    device = "cpu"
-
-    def bind(self, images: StoredImages, output_sizes: list[tuple[int, int]],
-             batch_size: int) -> None:
-        """Attach to a field's stored images; outputs are uint8 [batch_size, h, w, 3] per view."""
-        self.images, self.output_sizes, self.batch_size = images, list(output_sizes), batch_size
-
-    def unbind(self) -> None:
-        """Drop the views of the file bind kept."""
-        self.images = None
-
-    def allocate(self, batch_size: int, ring_size: int, pin: bool) -> list[tuple]:
-        """Per ring slot, a tuple of one output array per view (uint8 [batch_size, h, w, 3]).
-        pin: page-locked host memory (the batches go to a GPU afterwards)."""
-        rings = [host_array((ring_size, batch_size, h, w, 3), np.uint8, pin)
-                 for h, w in self.output_sizes]
-        return [tuple(ring[s] for ring in rings) for s in range(ring_size)]
-
-    def make_worker_state(self) -> Any:
-        """Per worker thread scratch (buffers, codec handles)."""
-        return None
-
-    def release_worker_state(self, state: Any) -> None:
-        """Free what make_worker_state made."""
-
-    def decode_range(self, crops: CropParams, indices: np.ndarray, start: int, stop: int,
-                     outs: tuple, state: Any,
-                     describe: Optional[Callable[[int], str]] = None) -> None:
-        """Decode positions crops.paste.order[start:stop]: position k is sample indices[k], view
-        v goes to outs[v][k].  A bad sample raises SampleError; ``describe(k)`` adds to the
-        message of position k (e.g. " (mixing partner of sample 12)")."""
-        raise NotImplementedError
 
 
 class CPUBackend(ImageBackend):
@@ -232,18 +137,4 @@ class CPUBackend(ImageBackend):
         return rgb
 
 
-#: Backend names -> classes; a new backend registers here.
-BACKENDS: dict[str, type] = {"cpu": CPUBackend}
-
-
-def make_backend(backend: Union[str, ImageBackend], **options: Any) -> ImageBackend:
-    """The backend an op names (``options`` go to its constructor), or the instance given."""
-    if isinstance(backend, ImageBackend):
-        return backend
-    cls = BACKENDS.get(backend) if isinstance(backend, str) else None
-    if cls is None:
-        raise ValueError(f"unknown image backend {backend!r}; known: {', '.join(BACKENDS)}")
-    return cls(**options)
-
-
-__all__ = ["ImageBackend", "CPUBackend", "StoredImages", "BACKENDS", "make_backend"]
+__all__ = ["CPUBackend"]
