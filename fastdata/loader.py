@@ -76,7 +76,8 @@ class _Slots:
 class Loader:
     """Batches of torch tensors from a .beton file (ours or FFCV's), FFCV's interface.
 
-    path: the .beton file.  batch_size: samples per batch (per rank when distributed).
+    path: the .beton file; a list of files or a glob pattern reads a shard set as one
+      dataset (see fastdata.shards).  batch_size: samples per batch (per rank when distributed).
     num_workers: decoding threads (-1: every core this process may use; 0: no threads at all,
       as torch's DataLoader with num_workers=0: each batch is decoded and its batch ops run in
       the thread that calls ``next()``, when it calls it).
@@ -111,7 +112,7 @@ class Loader:
     in its next() gets StopIteration.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], batch_size: int, num_workers: int = -1,
+    def __init__(self, path: Union[str, os.PathLike, Sequence[str]], batch_size: int, num_workers: int = -1,
                  order: Any = OrderOption.SEQUENTIAL, seed: int = 0, distributed: bool = False,
                  indices: Optional[Sequence[int]] = None,
                  pipelines: Optional[Mapping[str, Optional[Sequence[Any]]]] = None,
@@ -129,7 +130,7 @@ class Loader:
         self.reader = Reader(path, custom_fields)
         if not os_cache:
             self.reader.load_into_memory()
-        self.path = os.fspath(path)
+        self.path = self.reader.path
         self.batch_size = int(batch_size)
         self.num_workers = num_workers
         self.order = as_order(order)
