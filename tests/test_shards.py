@@ -235,6 +235,30 @@ def test_resume_from_a_single_file_state_on_shards(files):
     assert _same_batches([rest[1]], [uninterrupted[1]])
 
 
+def test_distributed_ranks_on_shards_get_the_single_files_samples(files, records, tmp_path):
+    """Two gloo ranks on the shard set see, per epoch, the labels of their blocks of the single
+    file's epoch order (fastdata.order.shard of a one-process Loader's order on that file)."""
+    import socket
+    import torch.multiprocessing as mp
+    from test_loader import _rank_main   # Loader(batch_size=5, seed=3, distributed=True)
+    from fastdata.order import shard
+    single, shards, _ = files
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_main, args=(2, shards, port, "random", True, str(tmp_path)), nprocs=2,
+             join=True)
+    labels = np.array([r[1] for r in records])
+    one_process = Loader(single, batch_size=5, order="random", seed=3,
+                         pipelines={"image": None})
+    for rank in range(2):
+        got = np.load(tmp_path / f"rank{rank}.npy")
+        for epoch in range(2):
+            block = shard(one_process.epoch_indices(epoch), rank, 2, drop_last=True)
+            expected = labels[block[:len(block) // 5 * 5]]     # whole batches of 5
+            assert np.array_equal(got[epoch], expected), (rank, epoch)
+
+
 # -- command line: write --shard -----------------------------------------------------------------
 def test_cli_writes_shards_that_hold_the_whole_write(tmp_path, capsys):
     root = make_imagenet_like(str(tmp_path / "inet"), classes=3, per_class=4, val_per_class=1)
