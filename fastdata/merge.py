@@ -123,6 +123,11 @@ def _write_merged(fd: int, reader: ShardedReader) -> None:
         descriptors[k]["arguments"] = field.to_arguments((pos, num_samples))
         pos += blob.nbytes
 
+    if pos == fmt.data_start(len(reader.fields), num_samples, reader.metadata_dtype.itemsize,
+                             page_size):
+        # no data pages (every field lives in the metadata): the table follows the metadata,
+        # as the writer places it
+        pos = fmt.metadata_start(len(reader.fields)) + num_samples * reader.metadata_dtype.itemsize
     alloc_table = np.concatenate(alloc_parts)
     _pwrite_all(fd, pos, alloc_table.tobytes())
     os.ftruncate(fd, pos + alloc_table.nbytes)

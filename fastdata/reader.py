@@ -162,7 +162,7 @@ class Reader:
     records that do not end with the end-of-image marker.
     """
 
-    def __new__(cls, path: Any, *args: Any, **kwargs: Any) -> "Reader":
+    def __new__(cls, path: Any = None, *args: Any, **kwargs: Any) -> "Reader":
         # Several files (a list, tuple or glob pattern) are read as one by the subclass.
         from .shards import ShardedReader, is_shard_set
         if cls is Reader and is_shard_set(path):

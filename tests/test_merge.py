@@ -131,3 +131,16 @@ def test_ffcv_reads_the_merged_file_as_the_single_file(ffcv_python, tmp_path):  
         else:
             other = arrays_merged[key]
         assert _same(other, value), key
+
+
+def test_merge_of_metadata_only_shards_is_the_single_write_byte_for_byte(tmp_path):
+    from fastdata import FloatField, IntField
+    samples = [(i - 5, i * 0.25) for i in range(11)]
+    fields = lambda: {"a": IntField(), "b": FloatField()}  # noqa: E731
+    write_indexed_dataset(samples, str(tmp_path / "one.beton"), fields(), page_size=PAGE,
+                          progress=False)
+    for k in range(3):
+        write_indexed_dataset(samples, str(tmp_path / f"m-{k}-of-3.beton"), fields(),
+                              page_size=PAGE, progress=False, shard=(k, 3))
+    merge_shards(str(tmp_path / "m-*-of-3.beton"), tmp_path / "merged.beton")
+    assert (tmp_path / "merged.beton").read_bytes() == (tmp_path / "one.beton").read_bytes()

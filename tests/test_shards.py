@@ -9,6 +9,7 @@ fields or page size, and a corrupt shard are refused naming the file.
 """
 import gc
 import os
+import re
 import shutil
 
 import numpy as np
@@ -276,6 +277,8 @@ def test_cli_writes_shards_that_hold_the_whole_write(tmp_path, capsys):
         for i in range(12):
             assert many.read(i, "label") == one.read(i, "label")
             assert bytes(many.payload(i, "image")) == bytes(one.payload(i, "image"))
+    assert main(["inspect", str(tmp_path / "s-*-of-2.beton")]) == 0
+    assert re.search(r"samples:\s+12\n", capsys.readouterr().out)
     assert main(["write", "imagenet", "--data-dir", root, "--out", str(tmp_path / "x.beton"),
                  "--shard", "2/2"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
