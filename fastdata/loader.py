@@ -112,7 +112,8 @@ class Loader:
     in its next() gets StopIteration.
     """
 
-    def __init__(self, path: Union[str, os.PathLike, Sequence[str]], batch_size: int, num_workers: int = -1,
+    def __init__(self, path: Union[str, os.PathLike, Sequence[str]], batch_size: int,
+                 num_workers: int = -1,
                  order: Any = OrderOption.SEQUENTIAL, seed: int = 0, distributed: bool = False,
                  indices: Optional[Sequence[int]] = None,
                  pipelines: Optional[Mapping[str, Optional[Sequence[Any]]]] = None,

@@ -280,7 +280,8 @@ class _AddressRange:
                           f"(Linux or macOS); not available on {sys.platform}")
         self.libc, self.size = _libc(), size
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
-        self.address = _check_mapped(self.libc.mmap(None, size, _PROT_NONE, flags, -1, 0), f"a {size}-byte reservation")
+        self.address = _check_mapped(self.libc.mmap(None, size, _PROT_NONE, flags, -1, 0),
+                                     f"a {size}-byte reservation")
         self._unmap = weakref.finalize(self, self.libc.munmap, self.address, size)
         self.__array_interface__ = {"shape": (size,), "typestr": "|u1", "version": 3,
                                     "data": (self.address, True)}
