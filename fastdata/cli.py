@@ -1,4 +1,4 @@
-"""The ``fastdata`` command line: ``write``, ``inspect`` and ``demo``.
+"""The ``fastdata`` command line: ``write``, ``merge``, ``inspect`` and ``demo``.
 
 A user mistake (missing folder, corrupt file, bad option) prints one line starting with
 ``fastdata: error:`` and exits with status 1 (2 for bad usage), never a traceback.
@@ -14,6 +14,7 @@ from .fields.rgb_image import WRITE_MODES, RGBImageField
 from .constants import DEFAULT_PAGE_SIZE
 from .format import FormatError
 from .reader import Reader, SampleError
+from .shards import parse_shard
 from .workers import default_workers
 from .writer import WriteError, WriteReport, WriteTerminated
 
@@ -50,6 +51,11 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE, metavar="BYTES",
                    help="page size, a power of two >= 2 MiB (default: 8 MiB)")
     p.add_argument("--seed", type=int, default=0, help="seed of proportion mode's draws")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="write only shard K of N (0 <= K < N): a contiguous range of the "
+                        "records, in the order of a whole write, so N jobs convert one dataset "
+                        "in parallel; name the files OUT-K-of-N.beton (e.g. train-0-of-4.beton) "
+                        "and read them with Loader([...]) or join them with `fastdata merge`")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -81,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_options(folder)
     from fastdata.writers.reinforce import add_subcommand as add_reinforce
     add_reinforce(sources)
+
+    merge = commands.add_parser(
+        "merge", help="join shard files into one .beton file",
+        description="Join shard files (written with --shard, or any .beton files with the same "
+                    "fields and page size) into one file by copying their records, without "
+                    "re-encoding; FFCV reads the result.  Files named NAME-K-of-N.beton are "
+                    "put in K order and must be all N shards.")
+    merge.add_argument("shards", nargs="+", metavar="SHARD",
+                       help="the shard files, or one quoted glob pattern")
+    merge.add_argument("--out", required=True, help="the .beton file to write")
 
     inspect = commands.add_parser(
         "inspect", help="describe a .beton file",
@@ -140,13 +156,24 @@ def cmd_write(args: argparse.Namespace) -> int:
         raise UserError("--workers must be -1 (all cores), 0 (no worker threads) or positive")
     field = _image_field(args)
     common = dict(image_field=field, limit=args.limit, num_workers=args.workers,
-                  on_error=args.on_error, page_size=args.page_size, progress=not args.quiet)
+                  on_error=args.on_error, page_size=args.page_size, progress=not args.quiet,
+                  shard=None if args.shard is None else parse_shard(args.shard))
     if args.source == "imagenet":
         report = write_imagenet(args.data_dir, args.out, split=args.split,
                                 relabel_maps=args.relabel_maps, **common)
     else:
         report = write_folder(args.data_dir, args.out, **common)
     print_report(report)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_shards
+    shards = args.shards[0] if len(args.shards) == 1 else args.shards
+    report = merge_shards(shards, args.out)
+    print(f"merged {report.num_shards} shards ({report.num_samples} samples) into {report.path} "
+          f"({report.file_size / 1e6:.1f} MB) in {report.seconds:.1f} s: "
+          f"{report.megabytes_per_second:.0f} MB/s")
     return 0
 
 
@@ -174,7 +201,8 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"write": cmd_write, "inspect": cmd_inspect, "demo": cmd_demo}[args.command]
+    handler = {"write": cmd_write, "merge": cmd_merge, "inspect": cmd_inspect,
+               "demo": cmd_demo}[args.command]
     with warnings.catch_warnings():
         warnings.showwarning = _print_warning
         try:

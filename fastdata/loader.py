@@ -34,7 +34,7 @@ import torch
 from .fields import RGBImageField
 from .ops.base import BatchContext, BatchOp, Decoder, default_decoder
 from .ops.tensor import ToTensor
-from .order import SHARD_SCHEMES, OrderOption, as_order, epoch_order, shard, shard_size
+from .order import RANK_SPLITS, OrderOption, as_order, epoch_order, shard, shard_size
 from .reader import Reader, SampleError
 from .rng import OP_SKIP, draw
 from .workers import resolve_workers
@@ -91,14 +91,15 @@ class Loader:
 
     The first thirteen parameters are FFCV's, in FFCV's order; the rest are keyword-only.
 
-    fname: the .beton file.  batch_size: samples per batch (per rank when distributed).
+    fname: the .beton file; a list of files or a glob pattern reads a shard set as one
+      dataset (see fastdata.shards).  batch_size: samples per batch (per rank when distributed).
     num_workers: decoding threads (-1: every core this process may use; 0: no threads at all,
       as torch's DataLoader with num_workers=0: each batch is decoded and its batch ops run in
       the thread that calls ``next()``, when it calls it).
     os_cache: True memory-maps the file (the OS page cache holds it); False reads it into
       process memory once.
     order: 'sequential', 'random' or 'quasi_random' (or OrderOption / FFCV's OrderOption).
-    distributed: shard each epoch by torch.distributed's rank and world size (``shards``).
+    distributed: shard each epoch by torch.distributed's rank and world size (``rank_split``).
     seed: keys every random decision (orders and augmentations) with the epoch and sample.
       None draws one from numpy's global RNG, as FFCV does (a new order each run; 0 with
       distributed=True and a shuffled order, so that ranks agree); ``loader.seed`` holds it.
@@ -114,7 +115,7 @@ class Loader:
       Operations) at each iter().  fastdata's own ops read their parameters at every batch, so
       a changed parameter (e.g. output_size) takes effect at the next iter() either way.
     batch_ops: ops on the whole output tuple after the per-field pipelines (e.g. CutMix).
-    shards: how distributed=True splits an epoch: "contiguous" blocks (default) or
+    rank_split: how distributed=True splits an epoch: "contiguous" blocks (default) or
       "interleaved" (torch's DistributedSampler, always padded, as FFCV); see order.py.
     return_params: also yield, per image pipeline, the float64 [B, 9] record of its random
       decisions (crop top, left, height, width in stored pixels, the same in original-image
@@ -146,15 +147,16 @@ class Loader:
     in its next() gets StopIteration.
     """
 
-    def __init__(self, fname: Union[str, os.PathLike], batch_size: int, num_workers: int = -1,
-                 os_cache: bool = True, order: Any = OrderOption.SEQUENTIAL,
-                 distributed: bool = False, seed: Optional[int] = 0,
+    def __init__(self, fname: Union[str, os.PathLike, Sequence[str]], batch_size: int,
+                 num_workers: int = -1, os_cache: bool = True,
+                 order: Any = OrderOption.SEQUENTIAL, distributed: bool = False,
+                 seed: Optional[int] = 0,
                  indices: Optional[Sequence[int]] = None,
                  pipelines: Optional[Mapping[str, Optional[Sequence[Any]]]] = None,
                  custom_fields: Optional[Mapping[str, type]] = None, drop_last: bool = True,
                  batches_ahead: int = 3, recompile: bool = False, *,
                  batch_ops: Optional[Sequence[Any]] = None, return_params: bool = False,
-                 on_error: str = "raise", shards: str = "contiguous",
+                 on_error: str = "raise", rank_split: str = "contiguous",
                  cache_dir: Optional[Union[str, os.PathLike]] = None,
                  cache_size: Optional[int] = None,
                  storage_options: Optional[Mapping[str, Any]] = None,
@@ -165,15 +167,15 @@ class Loader:
             raise ValueError(f"batches_ahead must be >= 1, got {batches_ahead}")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if shards not in SHARD_SCHEMES:
-            raise ValueError(f"shards must be one of {SHARD_SCHEMES}, got {shards!r}")
+        if rank_split not in RANK_SPLITS:
+            raise ValueError(f"rank_split must be one of {RANK_SPLITS}, got {rank_split!r}")
         # What the caller passed, for filter() (FFCV's: the same loader over fewer indices).
         self._args = dict(fname=fname, batch_size=batch_size, num_workers=num_workers,
                           os_cache=os_cache, order=order, distributed=distributed, seed=seed,
                           indices=indices, pipelines=pipelines, custom_fields=custom_fields,
                           drop_last=drop_last, batches_ahead=batches_ahead, recompile=recompile,
                           batch_ops=batch_ops, return_params=return_params, on_error=on_error,
-                          shards=shards, cache_dir=cache_dir, cache_size=cache_size,
+                          rank_split=rank_split, cache_dir=cache_dir, cache_size=cache_size,
                           storage_options=storage_options, remote_settings=remote_settings)
         path = fname
         num_workers = resolve_workers(num_workers)
@@ -182,7 +184,7 @@ class Loader:
                              remote_settings=remote_settings)
         if not os_cache:
             self.reader.load_into_memory()
-        self.path = os.fspath(path)
+        self.path = self.reader.path
         self.batch_size = int(batch_size)
         self.num_workers = num_workers
         self.order = as_order(order)
@@ -198,7 +200,7 @@ class Loader:
             seed = int(np.random.randint(0, np.iinfo(np.int32).max))   # as FFCV draws it
         self.seed = int(seed)
         self.recompile = bool(recompile)
-        self.shards = shards
+        self.rank_split = rank_split
         self.drop_last = drop_last
         self.batches_ahead = int(batches_ahead)
         self.return_params = return_params
@@ -352,10 +354,10 @@ class Loader:
     def epoch_indices(self, epoch: int) -> np.ndarray:
         """The sample indices this rank visits in ``epoch``, in order."""
         order = epoch_order(self.order, self.indices, self.seed, epoch, self._pages)
-        return shard(order, self.rank, self.world_size, self.drop_last, self.shards)
+        return shard(order, self.rank, self.world_size, self.drop_last, self.rank_split)
 
     def _num_samples_per_rank(self) -> int:
-        return shard_size(len(self.indices), self.world_size, self.drop_last, self.shards)
+        return shard_size(len(self.indices), self.world_size, self.drop_last, self.rank_split)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
@@ -470,7 +472,7 @@ class Loader:
             epoch, batch = self._epoch, self._batch
         return {"epoch": epoch, "batch": batch, "seed": self.seed, "order": self.order.value,
                 "num_samples": len(self.indices), "batch_size": self.batch_size,
-                "world_size": self.world_size, "rank": self.rank, "shards": self.shards}
+                "world_size": self.world_size, "rank": self.rank, "rank_split": self.rank_split}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Make the next iteration continue at ``state``'s epoch and batch.  A loader whose
@@ -478,7 +480,7 @@ class Loader:
         if self.seed_drawn and "seed" in state:
             self.seed = int(state["seed"])
         mine = self.state_dict()
-        for key in ("seed", "order", "num_samples", "batch_size", "world_size", "shards"):
+        for key in ("seed", "order", "num_samples", "batch_size", "world_size", "rank_split"):
             if key in state and state[key] != mine[key]:
                 raise ValueError(f"state was saved with {key}={state[key]!r}, this loader has "
                                  f"{mine[key]!r}: resuming would not replay the same batches")

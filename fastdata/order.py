@@ -3,7 +3,7 @@
 Every order is a pure function of (seed, epoch), the same on every rank; each rank then takes
 its share of it.  Resuming is therefore exact from (seed, epoch, batch) alone.
 
-Sharding (``world_size`` W > 1) of an epoch order of N samples, two schemes:
+Sharding (``world_size`` W > 1) of an epoch order of N samples, two splits (``rank_split``):
 
 - ``"contiguous"`` (fastdata's default): rank r takes the r-th contiguous block, so under
   ``quasi_random`` each rank keeps the order's page locality.  ``drop_last=False`` pads the
@@ -104,33 +104,33 @@ def epoch_order(order: OrderOption, indices: np.ndarray, seed: int, epoch: int,
                              rng.random(len(samples)))
 
 
-#: The ways a distributed epoch is split between ranks (see the module docstring).
-SHARD_SCHEMES = ("contiguous", "interleaved")
+#: The ways a distributed epoch is split between ranks (``rank_split``; see the module docstring).
+RANK_SPLITS = ("contiguous", "interleaved")
 
 
-def shard_size(n: int, world_size: int, drop_last: bool, scheme: str = "contiguous") -> int:
+def shard_size(n: int, world_size: int, drop_last: bool, split: str = "contiguous") -> int:
     """How many of an epoch's ``n`` samples each rank gets."""
     if world_size <= 1:
         return n
-    if drop_last and scheme == "contiguous":
+    if drop_last and split == "contiguous":
         return n // world_size
     return -(-n // world_size)
 
 
 def shard(order: np.ndarray, rank: int, world_size: int, drop_last: bool,
-          scheme: str = "contiguous") -> np.ndarray:
+          split: str = "contiguous") -> np.ndarray:
     """Rank ``rank``'s share of an epoch order (see the module docstring)."""
     if world_size <= 1:
         return order
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    if scheme not in SHARD_SCHEMES:
-        raise ValueError(f"shard scheme must be one of {SHARD_SCHEMES}, got {scheme!r}")
+    if split not in RANK_SPLITS:
+        raise ValueError(f"rank split must be one of {RANK_SPLITS}, got {split!r}")
     n = len(order)
-    per_rank = shard_size(n, world_size, drop_last, scheme)
+    per_rank = shard_size(n, world_size, drop_last, split)
     if per_rank * world_size > n:
         repeats = -(-(per_rank * world_size) // max(n, 1))
         order = np.tile(order, repeats)[:per_rank * world_size]
-    if scheme == "interleaved":
+    if split == "interleaved":
         return order[rank::world_size]
     return order[rank * per_rank:(rank + 1) * per_rank]

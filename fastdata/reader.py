@@ -152,6 +152,8 @@ class ImageSizes(NamedTuple):
 class Reader:
     """Random access to the samples of a ``.beton`` file (written by fastdata or by FFCV).
 
+    ``path``: the file; a list or tuple of files or a glob pattern (``"train-*-of-4.beton"``)
+    opens them as one dataset (a fastdata.shards.ShardedReader, same interface).
     ``reader[i]`` is a tuple of field values in file order; ``reader.read(i, name)`` one value.
     Images come back as H x W x 3 uint8 arrays, ints/floats as Python numbers, bytes as bytes,
     JSON as the parsed object, arrays and tensors as numpy arrays.
@@ -170,6 +172,13 @@ class Reader:
     look-ahead.  They apply to URLs only.  A page that cannot be fetched raises
     fastdata.remote.RemotePageError.
     """
+
+    def __new__(cls, path: Any = None, *args: Any, **kwargs: Any) -> "Reader":
+        # Several files (a list, tuple or glob pattern) are read as one by the subclass.
+        from .shards import ShardedReader, is_shard_set
+        if cls is Reader and is_shard_set(path):
+            cls = ShardedReader
+        return super().__new__(cls)
 
     def __init__(self, path: str | os.PathLike, custom_fields: Optional[Mapping[str, Type[Field]]]
                  = None, accept_jpeg_warnings: bool = False, *,

@@ -141,6 +141,6 @@ def test_interleaved_shards_are_torchs_distributed_sampler(n, world):
             assert shard_size(n, world, drop_last, "interleaved") == len(want)
 
 
-def test_unknown_shard_scheme_is_refused(beton):
-    with pytest.raises(ValueError, match="shards must be one of"):
-        Loader(beton, 8, shards="striped")
+def test_unknown_rank_split_is_refused(beton):
+    with pytest.raises(ValueError, match="rank_split must be one of"):
+        Loader(beton, 8, rank_split="striped")

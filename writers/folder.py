@@ -7,6 +7,7 @@ from typing import Optional
 
 from fastdata import DatasetWriter, JSONField, RGBImageField, WriteReport
 from fastdata.constants import DEFAULT_PAGE_SIZE
+from fastdata.shards import shard_range
 
 from .imagenet import _is_image_name
 
@@ -26,11 +27,15 @@ def find_images(root: str) -> list[str]:
 
 def write_folder(data_dir: str, out: str, image_field: Optional[RGBImageField] = None,
                  limit: Optional[int] = None, num_workers: int = -1, on_error: str = "fail",
-                 page_size: int = DEFAULT_PAGE_SIZE, progress: bool = True) -> WriteReport:
-    """Write every image below ``data_dir`` with fields ``image`` and ``path``."""
+                 page_size: int = DEFAULT_PAGE_SIZE, progress: bool = True,
+                 shard: Optional[tuple[int, int]] = None) -> WriteReport:
+    """Write every image below ``data_dir`` with fields ``image`` and ``path``; ``shard=(K, N)``
+    writes only shard K of N of them (see write_imagenet)."""
     paths = find_images(data_dir)[:limit] if limit else find_images(data_dir)
     samples = [(p, os.path.relpath(p, data_dir)) for p in paths]
     fields = {"image": image_field or RGBImageField(), "path": JSONField()}
     writer = DatasetWriter(out, fields, page_size=page_size, num_workers=num_workers,
                            on_error=on_error, progress=progress)
-    return writer.from_indexed_dataset(samples, describe=lambda i: samples[i][0])
+    records = None if shard is None else shard_range(len(samples), *shard)
+    return writer.from_indexed_dataset(samples, indices=records,
+                                       describe=lambda i: samples[i][0])

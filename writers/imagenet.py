@@ -17,6 +17,7 @@ from typing import Optional
 from fastdata import DatasetWriter, IntField, RGBImageField, WriteReport
 from fastdata.constants import DEFAULT_PAGE_SIZE
 from fastdata.fields.label_map import LabelMapField
+from fastdata.shards import shard_range
 
 # torchvision's IMG_EXTENSIONS (matched case-insensitively, as torchvision does)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -91,7 +92,8 @@ def write_imagenet(data_dir: str, out: str, split: Optional[str] = "train",
                    image_field: Optional[RGBImageField] = None, limit: Optional[int] = None,
                    num_workers: int = -1, on_error: str = "fail", page_size: int = DEFAULT_PAGE_SIZE,
                    progress: bool = True, relabel_maps: Optional[str] = None,
-                   relabel_field: Optional[LabelMapField] = None) -> WriteReport:
+                   relabel_field: Optional[LabelMapField] = None,
+                   shard: Optional[tuple[int, int]] = None) -> WriteReport:
     """Write ``data_dir/<split>`` (or ``data_dir`` itself when it already holds the class folders
     and ``split`` is None) to ``out`` with fields ``image`` and ``label``.
 
@@ -99,7 +101,12 @@ def write_imagenet(data_dir: str, out: str, split: Optional[str] = "train",
     ``relabel_maps``: a folder of ReLabel's per-image label maps (``<wnid>/<stem>.pt``, see
     fastdata.writers.relabel), stored in a third field ``relabel`` (``relabel_field``, default
     LabelMapField(5, 15, 15)); an image whose map is missing or malformed fails like an
-    undecodable image (``on_error``).  Needs torch."""
+    undecodable image (``on_error``).  Needs torch.
+    ``shard=(K, N)`` writes only shard K of N: the contiguous range of records
+    fastdata.shards.shard_range gives (after ``limit``), labelled from the full class list and
+    numbered by their index in the whole folder (proportion mode's draws follow it), so the N
+    files read together (``Loader([...])``, ``fastdata merge``) hold the records one write of the
+    whole folder holds, in the same order."""
     root = os.path.join(data_dir, split) if split else data_dir
     if split and not os.path.isdir(root):
         raise ValueError(f"{data_dir} has no '{split}' folder")
@@ -113,5 +120,7 @@ def write_imagenet(data_dir: str, out: str, split: Optional[str] = "train",
         dataset = RelabelSamples(samples, folder.classes, relabel_maps, fields["relabel"])
     writer = DatasetWriter(out, fields, page_size=page_size, num_workers=num_workers,
                            on_error=on_error, progress=progress)
+    records = None if shard is None else shard_range(len(samples), *shard)
     # Paths go to the image field, which reads and decodes them in the worker threads.
-    return writer.from_indexed_dataset(dataset, describe=lambda i: samples[i][0])
+    return writer.from_indexed_dataset(dataset, indices=records,
+                                       describe=lambda i: samples[i][0])

@@ -10,13 +10,19 @@ from typing import Any, Mapping, Optional, Sequence
 
 from fastdata import DatasetWriter, Field, WriteReport
 from fastdata.constants import DEFAULT_PAGE_SIZE
+from fastdata.shards import shard_range
 
 
 def write_indexed_dataset(dataset: Any, out: str, fields: Mapping[str, Field],
                           indices: Optional[Sequence[int]] = None, num_workers: int = -1,
                           on_error: str = "fail", page_size: int = DEFAULT_PAGE_SIZE,
-                          progress: bool = True) -> WriteReport:
-    """Write ``dataset[i]`` for each i of ``indices`` (default: all) to ``out``."""
+                          progress: bool = True,
+                          shard: Optional[tuple[int, int]] = None) -> WriteReport:
+    """Write ``dataset[i]`` for each i of ``indices`` (default: all) to ``out``;
+    ``shard=(K, N)`` writes only shard K of N of those (fastdata.shards.shard_range of them)."""
+    if shard is not None:
+        chosen = range(len(dataset)) if indices is None else list(indices)
+        indices = [chosen[j] for j in shard_range(len(chosen), *shard)]
     writer = DatasetWriter(out, fields, page_size=page_size, num_workers=num_workers,
                            on_error=on_error, progress=progress)
     return writer.from_indexed_dataset(dataset, indices=indices)

@@ -13,7 +13,7 @@ ORDER_TYPE = Union[OrderOption, str]
 
 class Loader(_Loader):
     """fastdata.Loader with FFCV's defaults where they differ from fastdata's: ``seed=None``
-    (a seed drawn per run, as FFCV draws it) and ``shards="interleaved"`` (torch's
+    (a seed drawn per run, as FFCV draws it) and ``rank_split="interleaved"`` (torch's
     DistributedSampler, as FFCV shards).  Everything else is fastdata.Loader's."""
 
     def __init__(self, fname: Union[str, os.PathLike], batch_size: int, num_workers: int = -1,
@@ -23,10 +23,10 @@ class Loader(_Loader):
                  pipelines: Optional[Mapping[str, Optional[Sequence[Any]]]] = None,
                  custom_fields: Optional[Mapping[str, type]] = None, drop_last: bool = True,
                  batches_ahead: int = 3, recompile: bool = False, *,
-                 shards: str = "interleaved", **fastdata_options: Any):
+                 rank_split: str = "interleaved", **fastdata_options: Any):
         super().__init__(fname, batch_size, num_workers, os_cache, order, distributed, seed,
                          indices, pipelines, custom_fields, drop_last, batches_ahead, recompile,
-                         shards=shards, **fastdata_options)
+                         rank_split=rank_split, **fastdata_options)
 
 
 __all__ = ["Loader", "OrderOption", "ORDER_TYPE"]
