@@ -63,3 +63,34 @@ def write_classes(path: str, n: int, num_classes: int = 10, min_side: int = 40,
     DatasetWriter(path, fields, num_workers=num_workers, progress=False) \
         .from_indexed_dataset(rows)
     return path
+
+
+def _write_one(task: tuple) -> None:
+    from PIL import Image
+    path, seed, i, label, num_classes, min_side, max_side, quality = task
+    rng = np.random.default_rng((seed, i))
+    h, w = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
+    Image.fromarray(class_image(rng, label, num_classes, h, w)).save(path, quality=quality)
+
+
+def write_class_folder(root: str, n: int, num_classes: int = 10, min_side: int = 300,
+                       max_side: int = 500, seed: int = 0, quality: int = 90,
+                       workers: int = 1) -> str:
+    """An ImageFolder tree ``root/<class>/<i>.JPEG`` of ``n`` JPEGs (what torchvision's
+    ImageFolder and fastdata.writers.write_imagenet(root, out, split=None) both read)."""
+    import os
+    tasks = []
+    for i in range(n):
+        label = i % num_classes
+        folder = os.path.join(root, f"n{label:08d}")
+        os.makedirs(folder, exist_ok=True)
+        tasks.append((os.path.join(folder, f"{i:07d}.JPEG"), seed, i, label, num_classes,
+                      min_side, max_side, quality))
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_one, tasks, chunksize=64))
+    else:
+        for t in tasks:
+            _write_one(t)
+    return root

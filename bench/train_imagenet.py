@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -232,18 +231,28 @@ def main(argv: Optional[list[str]] = None) -> int:
         run.close()
 
 
+def batch_per_process(batch_size: Optional[int], global_batch_size: Optional[int],
+                      config_batch_size: int, world_size: int) -> int:
+    """The batch of each process: --global-batch-size / world size (which must divide), else
+    --batch-size, else the config's training.batch_size (FFCV's, per process)."""
+    if global_batch_size is not None:
+        if batch_size is not None:
+            raise ValueError("give --batch-size (per process) or --global-batch-size, not both")
+        if global_batch_size <= 0 or global_batch_size % world_size:
+            raise ValueError(f"--global-batch-size {global_batch_size} does not divide into "
+                             f"{world_size} processes")
+        return global_batch_size // world_size
+    batch_size = config_batch_size if batch_size is None else batch_size
+    if batch_size <= 0:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    return batch_size
+
+
 def train(args: argparse.Namespace, config: dict, training: dict, run: Run) -> int:
     device = run.device
     precision = recipe.choose_precision(args.precision, device)
-    if args.global_batch_size is not None:
-        if args.global_batch_size % run.world_size:
-            raise ValueError(f"--global-batch-size {args.global_batch_size} does not divide "
-                             f"by {run.world_size} processes")
-        batch_size = args.global_batch_size // run.world_size
-    else:
-        batch_size = args.batch_size or training["batch_size"]
-    if batch_size <= 0:
-        raise ValueError(f"batch size must be positive, got {batch_size}")
+    batch_size = batch_per_process(args.batch_size, args.global_batch_size,
+                                   training["batch_size"], run.world_size)
     global_batch = batch_size * run.world_size
     lr_peak = recipe.scaled_lr(config, global_batch)
     labels = data.LabelOptions(args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob,
@@ -368,6 +377,7 @@ def trace_record(epoch: int, ix: int, images: torch.Tensor, target: torch.Tensor
                  loss: torch.Tensor, lr: float) -> dict:
     pixels = images.detach().float().cpu().contiguous().numpy().tobytes()
     return {"epoch": epoch, "step": ix, "lr": float(lr), "loss": float(loss).hex(),
+            "shape": list(images.shape),
             "images_sha256": hashlib.sha256(pixels).hexdigest(),
             "target_sha256": hashlib.sha256(target.detach().float().cpu().contiguous()
                                             .numpy().tobytes()).hexdigest()}
@@ -411,9 +421,7 @@ def print_projection(history: list[dict], config: dict, world_size: int) -> None
         return
     configs = {e: recipe.load_config(recipe.CONFIG_DIR / f"{prefix}_{e}_epochs.yaml")
                for e in (16, 88)}
-    print("\n" + projection_table(per_gpu, configs, recipe.resolution))
-    if prefix == "rn18":
-        print("(FFCV's published times are for ResNet-50; its ResNet-18 runs used 1 GPU)")
+    print("\n" + projection_table(per_gpu, configs, recipe.resolution, arch))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,12 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
-# ffcv-imagenet README, ResNet-50 on 8xA100 (minutes, total run incl. validation).
-FFCV_PUBLISHED_MIN = {16: 14.9, 24: 21.7, 32: 28.7, 40: 35.6, 56: 49.4, 88: 77.2}
+# ffcv-imagenet README (minutes, whole run incl. validation): ResNet-50 on 8xA100, ResNet-18
+# on 1xA100.
+FFCV_PUBLISHED_MIN = {"resnet50": {16: 14.9, 24: 21.7, 32: 28.7, 40: 35.6, 56: 49.4, 88: 77.2},
+                      "resnet18": {16: 35.0, 24: 51.6, 32: 68.9, 40: 85.5, 56: 119.4,
+                                   88: 187.3}}
+FFCV_PUBLISHED_GPUS = {"resnet50": 8, "resnet18": 1}
 
 
 def per_gpu_rate(rates: Mapping[int, float], res: int) -> tuple[float, bool]:
@@ -36,19 +40,21 @@ def project_minutes(rates: Mapping[int, float], resolution_of: Callable[[int], i
 
 
 def projection_table(rates: Mapping[int, float], configs: Mapping[int, dict],
-                     resolution_fn: Callable[[dict, int], int], gpus: int = 8) -> str:
+                     resolution_fn: Callable[[dict, int], int], arch: str = "resnet50",
+                     gpus: int = 8) -> str:
     """Lines of text: per recipe (epochs -> config), projected minutes on ``gpus`` GPUs and
-    FFCV's published 8xA100 minutes."""
+    FFCV's published minutes for ``arch`` (ResNet-50: 8xA100, ResNet-18: 1xA100)."""
     if not rates:
         return "projection: no per-GPU images/s measured"
     measured = ", ".join(f"{r}px {v:,.0f}" for r, v in sorted(rates.items()))
     lines = [f"PROJECTION (not measured): {gpus} GPUs x measured per-GPU img/s ({measured}), "
              f"{IMAGENET_TRAIN_IMAGES:,} images/epoch, linear scaling, validation excluded",
-             f"{'recipe':>10} {'projected min':>14} {'FFCV 8xA100 min':>16}"]
+             f"{'recipe':>10} {'projected min':>14} "
+             f"{f'FFCV {FFCV_PUBLISHED_GPUS.get(arch, 8)}xA100 min':>16}"]
     for epochs, config in sorted(configs.items()):
         minutes, exact = project_minutes(rates, lambda e: resolution_fn(config, e), epochs, gpus)
         note = "" if exact else "  (unmeasured resolutions scaled by pixel count)"
-        published = FFCV_PUBLISHED_MIN.get(epochs)
+        published = FFCV_PUBLISHED_MIN.get(arch, {}).get(epochs)
         lines.append(f"{epochs:>4} epochs {minutes:>14.1f} "
                      f"{published if published is not None else '-':>16}{note}")
     return "\n".join(lines)
