@@ -36,7 +36,10 @@ setup(
         "torch": ["torch>=2.0"],
         # timm: tests/test_mix_timm.py compares Mixup/CutMix with the version fastdata follows.
         # pyturbojpeg: tests/test_pyturbojpeg_coexistence.py checks fastdata installs beside it.
-        "test": ["pytest>=7", "psutil>=5", "timm==1.0.31", "pyturbojpeg==2.6.1"],
+        # pyyaml: tests/test_train_imagenet.py reads the training benchmark's configs.
+        "test": ["pytest>=7", "psutil>=5", "timm==1.0.31", "pyturbojpeg==2.6.1", "pyyaml>=5"],
+        # bench/train_imagenet.py, loader_bound.py, gpu_train_check.py: models and configs.
+        "bench": ["torch>=2.0", "torchvision>=0.15", "pyyaml>=5"],
     },
     entry_points={"console_scripts": ["fastdata=fastdata.cli:main"]},
 )

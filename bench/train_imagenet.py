@@ -262,9 +262,13 @@ def train(args: argparse.Namespace, config: dict, training: dict, run: Run) -> i
     workers = config["data"]["num_workers"] if args.num_workers is None else args.num_workers
     in_memory = bool(config["data"]["in_memory"])
     epochs = training["epochs"]
+    checkpoint = read_checkpoint(args.resume, config, device) if args.resume else None
+    start_epoch = int(checkpoint["epoch"]) if checkpoint else 0
 
+    # Built at the first epoch's resolution: fastdata (at this commit) ignores an output_size
+    # set before a Loader's first iter(), so a resumed run can't rely on set_resolution alone.
     train_set = data.train_data(
-        args.train_dataset, res=recipe.resolution(config, 0), batch_size=batch_size,
+        args.train_dataset, res=recipe.resolution(config, start_epoch), batch_size=batch_size,
         num_workers=workers, device=device, dtype=precision.input_dtype,
         distributed=run.distributed, seed=args.seed, num_classes=num_classes,
         label_smoothing=training["label_smoothing"], labels=labels, in_memory=in_memory)
@@ -291,10 +295,8 @@ def train(args: argparse.Namespace, config: dict, training: dict, run: Run) -> i
         net = torch.compile(net)
     step = recipe.TrainStep(net, optimizer, precision, training["label_smoothing"])
 
-    start_epoch, history = 0, []
-    if args.resume:
-        start_epoch, history = resume(args.resume, model, optimizer, schedule, step,
-                                      train_set, config, device)
+    history = restore(checkpoint, model, optimizer, schedule, step, train_set) \
+        if checkpoint else []
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
     if ckpt_dir is not None and run.main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -383,11 +385,8 @@ def trace_record(epoch: int, ix: int, images: torch.Tensor, target: torch.Tensor
                                             .numpy().tobytes()).hexdigest()}
 
 
-def resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-           schedule: recipe.LRSchedule, step: recipe.TrainStep, train_set: data.TrainData,
-           config: dict, device: torch.device) -> tuple[int, list[dict]]:
-    """Load every state of ``path``; the loader continues at the checkpoint's epoch and batch
-    (fastdata's state_dict: the same batches, crops and mixing as an uninterrupted run)."""
+def read_checkpoint(path: str, config: dict, device: torch.device) -> dict:
+    """A checkpoint of this program, checked; DataError/ValueError name the file."""
     if not os.path.isfile(path):
         raise data.DataError(f"--resume {path}: no such checkpoint file")
     try:
@@ -400,13 +399,22 @@ def resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     if state["arch"] != config["model"]["arch"]:
         raise ValueError(f"--resume {path}: saved for arch {state['arch']}, this run is "
                          f"{config['model']['arch']}")
+    return state
+
+
+def restore(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            schedule: recipe.LRSchedule, step: recipe.TrainStep, train_set: data.TrainData
+            ) -> list[dict]:
+    """Load every state of a checkpoint; the loader continues at the checkpoint's epoch and
+    batch (fastdata's state_dict: the same batches, crops and mixing as an uninterrupted run).
+    Returns the log so far."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     step.scaler.load_state_dict(state["scaler"])
     train_set.loader.load_state_dict(state["loader"])
     torch.set_rng_state(state["torch_rng"].cpu())
-    return int(state["epoch"]), list(state["history"])
+    return list(state["history"])
 
 
 def print_projection(history: list[dict], config: dict, world_size: int) -> None:

@@ -149,6 +149,8 @@ def test_clear_errors(sets, tmp_path, capsys):
     assert rc == 2 and "junk.beton: not a readable .beton" in err
     rc, _, err = run_main(base + ["--train-dataset", train, "--relabel"], capsys)
     assert rc == 2 and "no field 'relabel'" in err
+    rc, _, err = run_main(base + ["--train-dataset", train, "--resume", str(junk)], capsys)
+    assert rc == 2 and "junk.beton: not a readable checkpoint" in err
     rc, _, err = run_main(base + ["--train-dataset", train, "--batch-size", "400"], capsys)
     assert rc == 2 and "no full batch of 400" in err
     rc, _, err = run_main(base + ["--train-dataset", train, "--cutmix", "1", "--batch-size",
@@ -295,9 +297,9 @@ def _relabel_file(path):
     maps_rng = np.random.default_rng(5)
 
     def label_map(i, image, label):
-        ids = maps_rng.random((CLASSES, 15, 15)).argsort(axis=0)[:5].astype(np.float32)
-        ids[0] = label         # the top class is the image's own, at full score
-        ids[1:][ids[1:] == label] = (label + 1) % CLASSES
+        order = maps_rng.random((CLASSES, 15, 15))
+        order[label] = -1      # the image's own class is every cell's top class
+        ids = order.argsort(axis=0)[:5].astype(np.float32)
         scores = np.sort(maps_rng.normal(0, 3, (5, 15, 15)), axis=0)[::-1].astype(np.float32)
         return np.stack([scores, ids])
     return synthetic_classes.write_classes(str(path), 64, CLASSES, seed=2,
