@@ -46,6 +46,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--torchvision-workers", type=int, default=16)
     p.add_argument("--steps", type=int, default=40, help="timed steps per loader-bound row")
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2, help="loader-bound rounds (best counts)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of the 16-epoch recipe")
     p.add_argument("--precision", default="auto")
     p.add_argument("--device", default="auto")
@@ -59,7 +60,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if args.tiny:
         args.train_images, args.val_images, args.classes = 128, 64, 10
         args.batch_size, args.threads, args.torchvision_workers = 16, 2, 1
-        args.steps, args.warmup, args.device = 3, 1, "cpu"
+        args.steps, args.warmup, args.device, args.rounds = 3, 1, "cpu", 3
     return args
 
 
@@ -115,7 +116,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         bound_argv = ["--folder", train_dir, "--beton", train, "--batch-size",
                       str(args.batch_size), "--steps", str(args.steps), "--warmup",
-                      str(args.warmup), "--threads", str(args.threads),
+                      str(args.warmup), "--rounds", str(args.rounds), "--threads",
+                      str(args.threads),
                       "--torchvision-workers", str(args.torchvision_workers),
                       "--precision", args.precision, "--device", str(device)]
         bound_argv += ["--arch", "resnet_tiny", "--resolutions", "32", "64"] if args.tiny \

@@ -6,7 +6,9 @@ in one process: on a synthetic batch already on the device (the model's own spee
 fastdata (RandomResizedCrop + flip, each image backend of ``--backends``), and fed by
 torchvision's DataLoader (ImageFolder + RandomResizedCrop + RandomHorizontalFlip, same batch,
 ``--torchvision-workers`` processes).  A ratio near 1 means the loader keeps up; the gap below 1
-is time the model waited for data.
+is time the model waited for data.  Sources are interleaved with synthetic runs over
+``--rounds`` rounds, and each counts its best round, so that a load change on a shared machine
+favours neither side.
 
     python bench/loader_bound.py --folder /data/imagenet/train --arch resnet50 \
         --batch-size 256 --threads 16 --torchvision-workers 16
@@ -154,34 +156,45 @@ def measure(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -
                  f" torchvision {args.torchvision_workers} workers")
         print_fn(f"{'res':>4} {'source':>22} {'img/s':>10} {'wait':>6} {'real/synthetic':>15}")
         for res in args.resolutions:
-            # The model's own speed is measured before and after the loaders and the faster of
-            # the two taken, so a load change on a shared machine doesn't favour the loaders.
-            before, _ = bench.run(bench.synthetic(res, args.batch_size), args.steps,
-                                  args.warmup)
+            # Rounds interleave the sources with synthetic runs, and each source counts its best
+            # round (timeit's convention), so a load burst on a shared machine favours no side.
+            synthetic_runs = [bench.run(bench.synthetic(res, args.batch_size), args.steps,
+                                        args.warmup)[0]]
             sources = [(f"fastdata {b}", lambda b=b: bench.fastdata(
                 beton, res, args.batch_size, args.threads, b)) for b in backends]
             if args.torchvision_workers >= 0:
                 sources.append(("torchvision DataLoader", lambda: (bench.torchvision(
                     folder, res, args.batch_size, args.torchvision_workers), None)))
-            measured = []
-            for name, make in sources:
-                try:
-                    batches, close = make()
-                    rate, wait = bench.run(batches, args.steps, args.warmup)
-                except (RuntimeError, ImportError, OSError) as e:
-                    print_fn(f"{res:>4} {name:>22} unavailable: {type(e).__name__}: {e}")
-                    continue
-                if close is not None:
-                    close()
-                del batches
-                measured.append((name, rate, wait))
-            after, _ = bench.run(bench.synthetic(res, args.batch_size), args.steps, args.warmup)
-            synthetic = max(before, after)
+            best: dict[str, tuple[float, float]] = {}
+            unavailable: dict[str, str] = {}
+            for _ in range(args.rounds):
+                for name, make in sources:
+                    if name in unavailable:
+                        continue
+                    try:
+                        batches, close = make()
+                        rate, wait = bench.run(batches, args.steps, args.warmup)
+                    except (RuntimeError, ImportError, OSError) as e:
+                        unavailable[name] = f"{type(e).__name__}: {e}"
+                        continue
+                    if close is not None:
+                        close()
+                    del batches
+                    if name not in best or rate > best[name][0]:
+                        best[name] = (rate, wait)
+                synthetic_runs.append(bench.run(bench.synthetic(res, args.batch_size),
+                                                args.steps, args.warmup)[0])
+            synthetic = max(synthetic_runs)
             rows.append(dict(resolution=res, source="synthetic", images_per_s=synthetic,
                              wait=0.0, ratio=1.0))
+            runs = ", ".join(f"{v:,.0f}" for v in synthetic_runs)
             print_fn(f"{res:>4} {'synthetic (on device)':>22} {synthetic:>10,.0f} {'':>6} "
-                     f"{'':>15}  (faster of {before:,.0f} before, {after:,.0f} after)")
-            for name, rate, wait in measured:
+                     f"{'':>15}  (best of {runs})")
+            for name, _ in sources:
+                if name in unavailable:
+                    print_fn(f"{res:>4} {name:>22} unavailable: {unavailable[name]}")
+                    continue
+                rate, wait = best[name]
                 rows.append(dict(resolution=res, source=name, images_per_s=rate, wait=wait,
                                  ratio=rate / synthetic))
                 print_fn(f"{res:>4} {name:>22} {rate:>10,.0f} {wait:>6.1%} "
@@ -201,6 +214,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2,
+                   help="interleaved rounds; each source's best round counts")
     p.add_argument("--resolutions", type=int, nargs="+", default=[160, 192, 224])
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--device", default="auto")
@@ -210,10 +225,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--torchvision-workers", type=int, default=os.cpu_count() or 1,
                    help="DataLoader worker processes (-1: leave torchvision out)")
     p.add_argument("--tiny", action="store_true",
-                   help="CPU self-check: resnet_tiny, batch 16, 32/48 px, 4 steps, 64 images")
+                   help="CPU self-check: resnet_tiny, batch 16, 32/48 px, 4 steps, 3 rounds, "
+                        "64 images")
     args = p.parse_args(argv)
     if args.tiny:
         args.arch, args.batch_size, args.steps, args.warmup = "resnet_tiny", 16, 4, 1
+        args.rounds = max(args.rounds, 3)
         args.resolutions = [r for r in args.resolutions if r <= 64] or [32, 48]
         args.make = min(args.make, 64)
         args.torchvision_workers = min(args.torchvision_workers, 1)
