@@ -85,6 +85,9 @@ def check_config(config: dict, where: str) -> None:
         raise ConfigError(f"{where}: lr.lr_schedule_type must be cyclic or step")
     if training["optimizer"] != "sgd":
         raise ConfigError(f"{where}: training.optimizer must be sgd (the only one FFCV has)")
+    if lr["lr_schedule_type"] == "cyclic" and not 0 <= lr["lr_peak_epoch"] <= training["epochs"]:
+        raise ConfigError(f"{where}: lr.lr_peak_epoch {lr['lr_peak_epoch']} must be within "
+                          f"[0, training.epochs = {training['epochs']}]")
     for key in ("epochs", "batch_size"):
         if training[key] <= 0:
             raise ConfigError(f"{where}: training.{key} must be positive")

@@ -208,6 +208,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         config["training"]["epochs"] = args.epochs
     if args.arch is not None:
         config["model"]["arch"] = args.arch
+    try:
+        recipe.check_config(config, f"{args.config} with --epochs {args.epochs}")
+    except recipe.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     training = config["training"]
     if args.threads:
         torch.set_num_threads(args.threads)

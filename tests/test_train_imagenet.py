@@ -164,6 +164,14 @@ def test_clear_errors(sets, tmp_path, capsys):
     rc, _, err = run_main(["--config", str(bad), "--train-dataset", train, "--val-dataset",
                            val], capsys)
     assert rc == 2 and "unknown key training.batchsize" in err
+    rc, _, err = run_main(base + ["--train-dataset", train, "--epochs", "1"], capsys)
+    assert rc == 0, err          # the tiny config's lr_peak_epoch is 1
+    config3 = tiny_config(tmp_path / "c3.yaml", epochs=1)
+    text = open(config3).read().replace("lr_peak_epoch: 1", "lr_peak_epoch: 2")
+    open(config3, "w").write(text)
+    rc, _, err = run_main(["--config", config3, "--train-dataset", train, "--val-dataset", val],
+                          capsys)
+    assert rc == 2 and "lr_peak_epoch 2 must be within [0, training.epochs = 1]" in err
     if not torch.cuda.is_available():
         rc, _, err = run_main(base + ["--train-dataset", train, "--device", "cuda"], capsys)
         assert rc == 2 and "no CUDA GPU" in err
