@@ -23,12 +23,13 @@ def class_image(rng: np.random.Generator, label: int, num_classes: int, height: 
     tint = 127.5 + 127.5 * np.array([np.cos(hue), np.cos(hue - 2.094), np.cos(hue + 2.094)],
                                     np.float32)
     angle = np.pi * label / num_classes
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     period = max(6.0, min(height, width) / 5)
-    stripes = 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle))
-                                         / period))
-    image = 0.35 * base + 0.45 * tint + 0.2 * 255 * stripes[..., None]
-    return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    phase = (np.arange(width, dtype=np.float32)[None, :] * np.float32(np.cos(angle) / period)
+             + np.arange(height, dtype=np.float32)[:, None] * np.float32(np.sin(angle) / period))
+    stripes = (np.float32(0.2 * 255) * (phase % 1 < 0.5))[..., None]     # square wave
+    image = np.float32(0.35) * base + np.float32(0.45) * tint + stripes
+    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(6)
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def class_samples(n: int, num_classes: int, min_side: int, max_side: int, seed: int
