@@ -385,7 +385,8 @@ def test_soft_cross_entropy_matches_label_smoothing():
 # -- the loader-bound ratio ------------------------------------------------------------------------
 
 def test_loader_bound_ratio_on_cpu(capsys):
-    rows = loader_bound.measure(loader_bound.parse_args(["--tiny", "--resolutions", "32"]))
+    rows = loader_bound.measure(loader_bound.parse_args(
+        ["--tiny", "--resolutions", "32", "--rounds", "5"]))
     out = capsys.readouterr().out
     assert "real/synthetic" in out
     sources = {r["source"]: r for r in rows}
