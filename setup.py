@@ -46,12 +46,15 @@ setup(
         # assertpy: FFCV's own tests (tests/ffcv_upstream) use it; fastargs (and the
         # terminaltables it forgets to require) and torchmetrics: ffcv-imagenet's train_imagenet.py
         # (tests/test_ffcv_imagenet.py) imports them; webdataset: FFCV's from_webdataset.
+        # pyyaml: tests/test_train_imagenet.py reads the training benchmark's configs.
         "test": ["pytest>=7", "psutil>=5", "timm==1.0.31", "pyturbojpeg==2.6.1",
                  "moto[server]>=5.0", "assertpy>=1.1", "fastargs>=1.2", "terminaltables>=3.1",
-                 "torchmetrics>=1.0", "webdataset>=0.2"],
+                 "torchmetrics>=1.0", "webdataset>=0.2", "pyyaml>=5"],
         # Reading .beton files from URLs (s3://, gs://, https://, ...): fsspec, and s3fs for S3;
         # other protocols need their fsspec package (gcsfs, ...).
         "remote": ["fsspec>=2023.12", "s3fs>=2023.12"],
+        # bench/train_imagenet.py, loader_bound.py, gpu_train_check.py: models and configs.
+        "bench": ["torch>=2.0", "torchvision>=0.15", "pyyaml>=5"],
     },
     entry_points={"console_scripts": ["fastdata=fastdata.cli:main"]},
 )

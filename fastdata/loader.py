@@ -243,7 +243,8 @@ class Loader:
         self._needs_cuda = any(getattr(op, "target_device", None) == "cuda"
                                for p in self.pipelines for op in p.ops)
         self._slots: Optional[_Slots] = None
-        self._slots_layout: Optional[list] = None     # the output layout the ring was made for
+        # The output layout the backends were bound for (and the ring, once made, sized for).
+        self._bound_layout = self._output_layout()
         self._next_epoch = 0      # what a plain iter() starts, like FFCV: one epoch per iter()
         self._resume: Optional[tuple[int, int]] = None   # (epoch, batch) from load_state_dict
         self._epoch: Optional[int] = None   # epoch being iterated, None before the first
@@ -383,18 +384,18 @@ class Loader:
                 if hasattr(op, "recompile"):
                     op.recompile()
         layout = self._output_layout()
-        if self._slots is not None and layout != self._slots_layout:
-            # An op's output size changed since the ring was made (FFCV's progressive resizing
-            # sets decoder.output_size between epochs): rebind the backends and redo the paste
-            # plan and the ring for the new shapes.
+        if layout != self._bound_layout:
+            # An op's output size changed since the backends were bound (FFCV's progressive
+            # resizing sets decoder.output_size between epochs, or before the first): rebind
+            # the backends and redo the paste plan and the ring for the new shapes.
             for p in self.pipelines:
                 p.decoder.setup_backend(self.batch_size)
             self._pre_decode = self._pre_decode_ops()
+            self._bound_layout = layout
             self._slots = None        # the old ring goes before the new one is allocated
         if self._slots is None:
             pin = self._needs_cuda and torch.cuda.is_available()
             self._slots = _Slots(self.pipelines, self.batch_size, self.ring_size, pin)
-            self._slots_layout = layout
         iterator = EpochIterator(self, epoch, batch)
         self._active = weakref.ref(iterator)
         return iterator

@@ -604,8 +604,9 @@ def _sized_loader(path, decoder, ops=()):
 def test_output_size_set_between_epochs_takes_effect(beton, sizes):
     """FFCV's progressive resizing (ffcv-imagenet sets ``decoder.output_size`` before each
     epoch): each epoch has the size set before its iter(), growing or shrinking, with the same
-    pixels as a loader built at that size; Normalize's per-slot buffers follow."""
-    decoder = RandomResizedCrop(sizes[0])
+    pixels as a loader built at that size; Normalize's per-slot buffers follow.  The first
+    size, too, differs from the one the loader was built with."""
+    decoder = RandomResizedCrop(sizes[0] + 8)
     loader = _sized_loader(beton, decoder, [Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     got = []
     for size in sizes:
