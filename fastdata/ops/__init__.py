@@ -5,7 +5,11 @@ SimpleRGBImageDecoder, MultiView), the crop samplers whose typed records (``crop
 CropParams) an image backend (``backends``: ImageBackend, CPUBackend) decodes, and the others
 (``decoders``: IntDecoder, FloatDecoder, NDArrayDecoder, BytesDecoder, JSONDecoder).
 Batch ops: ``tensor`` (ToTensor, ToTorchImage, ToDevice, Normalize, NormalizeImage, Squeeze,
-Convert), RandomHorizontalFlip, and label-aware ops: ``mix`` (Mixup with
+Convert, View, ModuleWrapper), RandomHorizontalFlip, FFCV's augmentations (``augment``: Cutout,
+RandomTranslate, RandomBrightness, RandomContrast, RandomSaturation; ``poison``: Poison,
+ReplaceLabel; ``ffcv_mixup``: ImageMixup, LabelMixup, MixupToOneHot), FFCV's extension point
+(``ffcv_operation``: Operation, State, AllocationQuery, Compiler: FFCV-style custom ops; the base
+of fastdata's own steps is ``base.Operation``), and label-aware ops: ``mix`` (Mixup with
 CutMix, OneHot with label smoothing), ``targets`` (TeacherTargets from stored top-k outputs),
 ``relabel`` (LabelMapPool: ReLabel soft labels pooled over each crop), ``replay`` (ReplayedCrop,
 ReplayTargets: dataset-reinforcement records replayed).  The compiled pixel work (codecs,
@@ -16,7 +20,7 @@ Names are imported on first use, so importing ``fastdata.ops`` does not import t
 import importlib
 
 _WHERE = {
-    "BatchContext": "base", "BatchOp": "base", "Decoder": "base", "Operation": "base",
+    "BatchContext": "base", "BatchOp": "base", "Decoder": "base", "Operation": "ffcv_operation",
     "BytesDecoder": "decoders", "FloatDecoder": "decoders", "IntDecoder": "decoders",
     "JSONDecoder": "decoders", "NDArrayDecoder": "decoders",
     "CenterCrop": "image_decoders", "CenterCropRGBImageDecoder": "image_decoders",
@@ -32,6 +36,12 @@ _WHERE = {
     "CropParams": "crops", "CropView": "crops", "PastePlan": "crops",
     "ImageBackend": "backends", "CPUBackend": "backends", "MixPlan": "mix", "MixRecord": "mix",
     "register_default_decoder": "base", "default_decoder": "base",
+    "Cutout": "augment", "RandomTranslate": "augment", "RandomBrightness": "augment",
+    "RandomContrast": "augment", "RandomSaturation": "augment",
+    "Poison": "poison", "ReplaceLabel": "poison",
+    "ImageMixup": "ffcv_mixup", "LabelMixup": "ffcv_mixup", "MixupToOneHot": "ffcv_mixup",
+    "View": "tensor", "ModuleWrapper": "tensor",
+    "State": "ffcv_operation", "AllocationQuery": "ffcv_operation", "Compiler": "ffcv_operation",
 }
 __all__ = sorted(_WHERE)
 
