@@ -244,6 +244,26 @@ def test_normalize_image_uses_ffcvs_table_in_any_layout():
         np.testing.assert_array_equal(nchw.permute(0, 2, 3, 1).numpy(), expected)
 
 
+def test_normalize_image_gather_path_uses_the_table_too():
+    """bfloat16 (no numpy dtype) takes the torch path that GPU batches take."""
+    images = torch.from_numpy(pictures(7))
+    table = torch.from_numpy((np.arange(256)[:, None] - MEAN[None, :]) / STD[None, :])
+    expected = table.to(torch.bfloat16)[images.long(), torch.arange(3)]
+    out = NormalizeImage(MEAN, STD, torch.bfloat16)(images, context(np.arange(N)))
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("make", [lambda: Cutout(3), lambda: RandomTranslate(2),
+                                  lambda: RandomSaturation(0.5), lambda: ImageMixup(0.5, False)])
+def test_image_ops_accept_to_torch_images_view(make):
+    images = torch.from_numpy(pictures(8))
+    ctx = context(np.arange(N))
+    plain = make()(images.clone(), ctx)
+    view = make()(ToTorchImage()(images.clone(), ctx), ctx)
+    assert view.shape == (N, 3, H, W) and view.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(view.permute(0, 2, 3, 1), plain)
+
+
 def test_tensor_ops_take_ffcvs_arguments():
     ctx = context(np.arange(4))
     batch = torch.arange(4, dtype=torch.int64).view(4, 1, 1)

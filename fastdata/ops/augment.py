@@ -34,6 +34,12 @@ K_ROW = 0        # Cutout's top row / RandomTranslate's row shift
 K_COL = 1        # Cutout's left column / RandomTranslate's column shift
 
 
+def is_torch_image_view(batch: Any) -> bool:
+    """Whether ``batch`` is ToTorchImage's [B, C, H, W] view of [B, H, W, C] memory."""
+    return getattr(batch, "ndim", 0) == 4 and batch.shape[1] > 1 and batch.stride(1) == 1 \
+        and batch.stride(3) != 1
+
+
 def image_array(batch: Any, who: str) -> np.ndarray:
     """The ``[B, H, W, C]`` numpy view (no copy) of an image batch on the CPU: the decoder's
     layout, or ToTorchImage's channels-last ``[B, C, H, W]`` view of it.  Writes to the view
@@ -43,9 +49,8 @@ def image_array(batch: Any, who: str) -> np.ndarray:
         if batch.device.type != "cpu":
             raise ValueError(f"{who} works on CPU images, as FFCV's does: put it before "
                              f"ToDevice (got a batch on {batch.device})")
-        if batch.dim() == 4 and batch.shape[1] > 1 and batch.stride(1) == 1 and \
-                batch.stride(3) != 1:
-            batch = batch.permute(0, 2, 3, 1)      # ToTorchImage's view -> the stored layout
+        if is_torch_image_view(batch):
+            batch = batch.permute(0, 2, 3, 1)      # the stored layout
         batch = batch.numpy()
     if not isinstance(batch, np.ndarray) or batch.ndim != 4:
         raise ValueError(f"{who} needs a [B, H, W, C] image batch, got "

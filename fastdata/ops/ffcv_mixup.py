@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from ..rng import OP_FFCV_MIXUP, OP_FFCV_MIXUP_BATCH, beta_draws
-from .augment import image_array
+from .augment import image_array, is_torch_image_view
 from .base import BatchContext, BatchOp
 
 
@@ -83,7 +83,7 @@ class ImageMixup(BatchOp):
             return out
         result = torch.from_numpy(out)
         # ToTorchImage's view in, the same view out.
-        return result.permute(0, 3, 1, 2) if tuple(batch.shape) != out.shape else result
+        return result.permute(0, 3, 1, 2) if is_torch_image_view(batch) else result
 
     def _buffer(self, slot: int, images: np.ndarray) -> np.ndarray:
         if not self._out:
