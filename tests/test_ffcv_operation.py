@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fastdata import DatasetWriter, FloatField, IntField, Loader, Reader, RGBImageField  # noqa
+from fastdata import DatasetWriter, FloatField, IntField, Loader, RGBImageField  # noqa: E402
 from fastdata.ops import (Cutout, IntDecoder, FloatDecoder, SimpleRGBImageDecoder,  # noqa: E402
                           ToTensor, ToTorchImage)
 from test_ffcv_compat import ffcv_python, run_ffcv  # noqa: E402,F401

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fastdata import DatasetWriter, IntField, Loader, Reader, RGBImageField  # noqa: E402
+from fastdata import DatasetWriter, IntField, Loader, RGBImageField  # noqa: E402
 from fastdata.ops import (Convert, Cutout, ImageMixup, IntDecoder, LabelMixup,  # noqa: E402
                           MixupToOneHot, ModuleWrapper, NormalizeImage, Poison,
                           RandomBrightness, RandomContrast, RandomHorizontalFlip,
