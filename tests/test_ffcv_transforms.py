@@ -341,7 +341,8 @@ def run(op, batch, indices=None, jit=True, dtype=None):
         else:
             dst = np.zeros((len(batch), *query.shape), dtype=query.dtype)
     code = op.generate_code()
-    args = [batch, dst] + ([indices] if getattr(code, 'with_indices', False) else [])
+    flags = getattr(code, 'py_func', code)
+    args = [batch, dst] + ([indices] if getattr(flags, 'with_indices', False) else [])
     return code(*args)
 
 
@@ -382,6 +383,22 @@ out['squeeze'] = run(Squeeze(1), ch.from_numpy(d['labels'].copy()), jit=False,
 out['convert'] = run(Convert(ch.float16), tensor, jit=False, dtype=ch.uint8).numpy()
 out['view'] = run(View(ch.int16), ch.from_numpy(d['halves']), jit=False,
                   dtype=ch.float16).numpy()
+# The ops without random draws also through FFCV's compiled build (Numba, fastmath).
+Compiler.set_enabled(True)
+compiled_run = run
+
+
+def run(op, batch, indices=None, jit=True, dtype=None):
+    generate = op.generate_code
+    op.generate_code = lambda: Compiler.compile(generate())
+    return compiled_run(op, batch, indices, jit, dtype)
+
+
+out['poison_jit'] = run(Poison(d['mask'], d['alpha'], [12, 30, 11, 500], (5, 250)),
+                        images.copy(), indices)
+out['replace_jit'] = run(ReplaceLabel([13, 20, 7], 99), d['labels'].copy(), indices)
+for name, dtype in (('norm32', np.float32), ('norm16', np.float16)):
+    out[name + '_jit'] = run(NormalizeImage(MEAN, STD, dtype), images.copy(), indices).view(dtype)
 np.savez(sys.argv[2], **out)
 '''
 
@@ -431,6 +448,8 @@ def test_transforms_equal_ffcvs_code_given_the_same_draws(ffcv_python, tmp_path)
     ours["convert"] = Convert(torch.float16)(torch.from_numpy(images), ctx).numpy()
     ours["view"] = View(torch.int16)(torch.from_numpy(inputs["halves"]), ctx).numpy()
 
+    for name in ("poison", "replace", "norm32", "norm16"):
+        ours[name + "_jit"] = ours[name]
     np.savez(tmp_path / "in.npz", **inputs)
     script = FFCV_TRANSFORMS.replace("MEAN, STD", f"np.array({MEAN.tolist()}), "
                                                   f"np.array({STD.tolist()})")
