@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fastdata import DatasetWriter, FloatField, IntField, Loader, RGBImageField  # noqa: E402
-from fastdata.ops import (Cutout, IntDecoder, FloatDecoder, SimpleRGBImageDecoder,  # noqa: E402
+from fastdata.ops import (CenterCrop, Cutout, IntDecoder, FloatDecoder, SimpleRGBImageDecoder,  # noqa: E402
                           ToTensor, ToTorchImage)
 from test_ffcv_compat import ffcv_python, run_ffcv  # noqa: E402,F401
 
@@ -160,6 +160,22 @@ def test_state_follows_ffcvs_pipeline_model(beton):
     assert (label.jit_mode, label.shape, label.dtype) == (False, (1,), torch.int64)
     assert spies[0].inputs[0] is np.ndarray and spies[1].inputs[0] is torch.Tensor
     assert not hasattr(spies[0]._code, "py_func")      # compiling disabled: the function itself
+
+
+def test_op_is_declared_again_when_the_image_size_changes(beton):
+    """Progressive resizing: a new output size between epochs gives the op a new state and new
+    buffers."""
+    decoder = CenterCrop(4)
+    op = HalveAndMark()
+    loader = Loader(beton, batch_size=8, num_workers=1, pipelines={
+        "image": [decoder, op, ToTensor()], "label": None, "value": None})
+    first = next(iter(loader))[0].clone()
+    assert first.shape == (8, 4, 4, 3) and op._state[0].shape == (4, 4, 3)
+    decoder.output_size = 6
+    second = next(iter(loader))[0].clone()
+    assert second.shape == (8, 6, 6, 3) and op._state[0].shape == (6, 6, 3)
+    assert op._memory[0].shape == (8, 6, 6, 3)
+    assert np.array_equal(second[:, 0, 0, 0].numpy(), np.arange(8) % 251)
 
 
 def test_failures_point_to_batch_op(beton):
