@@ -126,18 +126,21 @@ class Cutout(RawArrayOp):
 
 @njit(cache=True, nogil=True)
 def _translate(images, rows, cols, pad, fill, scratch):
-    h, w, channels = images.shape[1], images.shape[2], images.shape[3]
+    h, w = images.shape[1], images.shape[2]
     for i in range(images.shape[0]):
         scratch[:] = images[i]
+        img = images[i]
         # Output pixel (r, c) is padded pixel (r + rows[i], c + cols[i]): source (r + dy, c + dx).
         dy, dx = rows[i] - pad, cols[i] - pad
+        c0, c1 = max(0, -dx), min(w, w - dx)        # output columns with a source column
         for r in range(h):
             sr = r + dy
-            for c in range(w):
-                sc = c + dx
-                inside = 0 <= sr < h and 0 <= sc < w
-                for ch in range(channels):
-                    images[i, r, c, ch] = scratch[sr, sc, ch] if inside else fill[ch]
+            if sr < 0 or sr >= h or c0 >= c1:
+                img[r, :, :] = fill
+                continue
+            img[r, :c0, :] = fill
+            img[r, c0:c1, :] = scratch[sr, c0 + dx:c1 + dx, :]
+            img[r, c1:, :] = fill
 
 
 class RandomTranslate(RawArrayOp):
