@@ -126,21 +126,33 @@ class Cutout(RawArrayOp):
 
 @njit(cache=True, nogil=True)
 def _translate(images, rows, cols, pad, fill, scratch):
-    h, w = images.shape[1], images.shape[2]
-    for i in range(images.shape[0]):
-        scratch[:] = images[i]
-        img = images[i]
+    # Rows seen flat ([H, W * C]) with explicit loops: about 3x faster than slice assignments.
+    n, h, w, channels = images.shape
+    span = w * channels
+    flat = images.reshape(n, h, span)
+    copy = scratch.reshape(h, span)
+    for i in range(n):
+        img = flat[i]
+        for r in range(h):
+            for k in range(span):
+                copy[r, k] = img[r, k]
         # Output pixel (r, c) is padded pixel (r + rows[i], c + cols[i]): source (r + dy, c + dx).
         dy, dx = rows[i] - pad, cols[i] - pad
         c0, c1 = max(0, -dx), min(w, w - dx)        # output columns with a source column
         for r in range(h):
+            row = img[r]
             sr = r + dy
             if sr < 0 or sr >= h or c0 >= c1:
-                img[r, :, :] = fill
+                for k in range(span):
+                    row[k] = fill[k % channels]
                 continue
-            img[r, :c0, :] = fill
-            img[r, c0:c1, :] = scratch[sr, c0 + dx:c1 + dx, :]
-            img[r, c1:, :] = fill
+            for k in range(c0 * channels):
+                row[k] = fill[k % channels]
+            src, shift = copy[sr], dx * channels
+            for k in range(c0 * channels, c1 * channels):
+                row[k] = src[k + shift]
+            for k in range(c1 * channels, span):
+                row[k] = fill[k % channels]
 
 
 class RandomTranslate(RawArrayOp):
@@ -169,9 +181,12 @@ class RandomTranslate(RawArrayOp):
         offsets = self.offsets(ctx)
         if self._scratch.shape != images.shape[1:] or self._scratch.dtype != images.dtype:
             self._scratch = np.empty(images.shape[1:], dtype=images.dtype)   # once per size
-        _translate(images, np.ascontiguousarray(offsets[:, 0]), np.ascontiguousarray(offsets[:, 1]),
+        work = np.ascontiguousarray(images)     # the batch itself, unless strided
+        _translate(work, np.ascontiguousarray(offsets[:, 0]), np.ascontiguousarray(offsets[:, 1]),
                    self.padding, _channel_fill(self.fill, images.shape[3], "RandomTranslate"),
                    self._scratch)
+        if work is not images:
+            images[...] = work
         return batch
 
 
