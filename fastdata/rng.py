@@ -36,6 +36,16 @@ OP_REPLAY = 5
 OP_MIX_BATCH = 6   # per-batch mixing draws, keyed by batch number (rank-interleaved)
 OP_SKIP = 7        # the Loader's replacement for a sample that fails to decode (on_error='skip')
 OP_REINFORCE_MIX = 8   # the reinforce writer's mixing of one record: partner, mixup, cutmix
+# FFCV's transforms (fastdata.ops.augment, ffcv_mixup): each below 16, so that view v of a
+# multi-view pipeline may add VIEW_STRIDE * v without meeting another op's id.
+OP_CUTOUT = 9          # Cutout: the square's top and left
+OP_TRANSLATE = 10      # RandomTranslate: the shift's rows and columns
+OP_BRIGHTNESS = 11     # RandomBrightness: apply, factor
+OP_CONTRAST = 12       # RandomContrast: apply, factor
+OP_SATURATION = 13     # RandomSaturation: apply, factor
+OP_FFCV_MIXUP = 14     # ImageMixup / LabelMixup: a sample's lambda (same_lambda=False)
+OP_FFCV_MIXUP_BATCH = 15   # ImageMixup / LabelMixup: the batch's lambda (same_lambda=True),
+                           # keyed by batch number (rank-interleaved)
 
 # Added to an op id for the same decision about a second image.
 PARTNER_OFFSET = 1 << 10   # the reinforce writer's mixing partner: its crop and flip ids plus this

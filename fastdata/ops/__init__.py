@@ -6,7 +6,11 @@ CropParams) an image backend (``fastdata.backends``: ImageBackend, CPUBackend, .
 and the others (``decoders``: IntDecoder, FloatDecoder, NDArrayDecoder, BytesDecoder,
 JSONDecoder).
 Batch ops: ``tensor`` (ToTensor, ToTorchImage, ToDevice, Normalize, NormalizeImage, Squeeze,
-Convert), RandomHorizontalFlip, and label-aware ops: ``mix`` (Mixup with
+Convert, View, ModuleWrapper), RandomHorizontalFlip, FFCV's augmentations (``augment``: Cutout,
+RandomTranslate, RandomBrightness, RandomContrast, RandomSaturation; ``poison``: Poison,
+ReplaceLabel; ``ffcv_mixup``: ImageMixup, LabelMixup, MixupToOneHot), FFCV's extension point
+(``ffcv_operation``: Operation, State, AllocationQuery, Compiler: FFCV-style custom ops; the base
+of fastdata's own steps is ``base.Operation``), and label-aware ops: ``mix`` (Mixup with
 CutMix, OneHot with label smoothing), ``targets`` (TeacherTargets from stored top-k outputs),
 ``relabel`` (LabelMapPool: ReLabel soft labels pooled over each crop), ``replay`` (ReplayedCrop,
 ReplayTargets: dataset-reinforcement records replayed).  The compiled pixel work (codecs,
@@ -17,7 +21,7 @@ Names are imported on first use, so importing ``fastdata.ops`` does not import t
 import importlib
 
 _WHERE = {
-    "BatchContext": "base", "BatchOp": "base", "Decoder": "base", "Operation": "base",
+    "BatchContext": "base", "BatchOp": "base", "Decoder": "base", "Operation": "ffcv_operation",
     "BytesDecoder": "decoders", "FloatDecoder": "decoders", "IntDecoder": "decoders",
     "JSONDecoder": "decoders", "NDArrayDecoder": "decoders",
     "CenterCrop": "image_decoders", "CenterCropRGBImageDecoder": "image_decoders",
@@ -34,6 +38,12 @@ _WHERE = {
     "MixPlan": "mix", "MixRecord": "mix",
     "ImageBackend": "fastdata.backends", "CPUBackend": "fastdata.backends",
     "register_default_decoder": "base", "default_decoder": "base",
+    "Cutout": "augment", "RandomTranslate": "augment", "RandomBrightness": "augment",
+    "RandomContrast": "augment", "RandomSaturation": "augment",
+    "Poison": "poison", "ReplaceLabel": "poison",
+    "ImageMixup": "ffcv_mixup", "LabelMixup": "ffcv_mixup", "MixupToOneHot": "ffcv_mixup",
+    "View": "tensor", "ModuleWrapper": "tensor",
+    "State": "ffcv_operation", "AllocationQuery": "ffcv_operation", "Compiler": "ffcv_operation",
 }
 __all__ = sorted(_WHERE)
 

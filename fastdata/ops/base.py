@@ -106,7 +106,13 @@ class Decoder(Operation):
         return ()
 
     def absorb(self, ops: list) -> list:
-        """Take the pipeline's batch ops; return those left to run on the batch."""
+        """Take the pipeline's batch ops; return those left to run on the batch.  Subclasses
+        call this first: it links each op to the step before it (``previous_step``), which
+        FFCV-style operations (ops.ffcv_operation) read to learn their input's state."""
+        previous: Any = self
+        for op in ops:
+            op.previous_step = previous
+            previous = op
         return ops
 
     def paste_size(self) -> Optional[tuple[int, int]]:
@@ -180,6 +186,14 @@ class BatchOp(Operation):
 
     #: The device this op moves batches to (ToDevice), None for the others.
     target_device: Optional[str] = None
+
+    #: In FFCV's pipeline model (ops.ffcv_operation): whether the op leaves the batch in
+    #: "JIT mode" (raw numpy arrays, as before FFCV's ToTensor): True for the ops that FFCV runs
+    #: on raw arrays, False for those that make or need tensors, None to keep the mode of its
+    #: input.
+    ffcv_jit_mode: Optional[bool] = False
+    #: The step before this op in its pipeline (the decoder or an op), set by Decoder.absorb.
+    previous_step: Optional[Operation] = None
 
     def before_decode(self, ctx: BatchContext, images: dict[str, tuple[int, int]]) -> None:
         """Called for batch ops before the batch's decoders start: ``images`` maps the image

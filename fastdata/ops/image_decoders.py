@@ -43,7 +43,8 @@ DEFAULT_CROP_RATIO = 224 / 256
 
 
 class RandomHorizontalFlip(BatchOp):
-    """Mirror each image left-right with probability ``p``.
+    """FFCV's RandomHorizontalFlip(flip_prob): mirror each image left-right with probability
+    ``flip_prob``.
 
     In an image decoder's pipeline the decoder's sampler draws the bit of each view (keyed
     (seed, epoch, index, OP_FLIP + VIEW_STRIDE * view)) and records it in the batch's crops;
@@ -51,17 +52,20 @@ class RandomHorizontalFlip(BatchOp):
     extra pass); elsewhere this op flips the batch tensor of each view with that view's bit.
     Either way the same samples are flipped."""
 
-    def __init__(self, p: float = 0.5):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"flip probability must be in [0, 1], got {p}")
-        self.p = float(p)
+    #: In FFCV's pipeline model the op works on raw arrays (fastdata.ops.ffcv_operation).
+    ffcv_jit_mode = True
+
+    def __init__(self, flip_prob: float = 0.5):
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip probability must be in [0, 1], got {flip_prob}")
+        self.flip_prob = float(flip_prob)
 
     def __call__(self, batch: Any, ctx: BatchContext) -> Any:
         import torch
         if batch.dim() != 4:
             raise ValueError(f"RandomHorizontalFlip needs an image batch, got {tuple(batch.shape)}")
         bits = draws(ctx.seed, ctx.epoch, ctx.indices, OP_FLIP + VIEW_STRIDE * ctx.view, 0) \
-            < self.p
+            < self.flip_prob
         flips = torch.from_numpy(bits)
         width_dim = 3 if batch.shape[1] in (1, 3) and batch.shape[3] not in (1, 3) else 2
         flips = flips.to(batch.device).view(-1, 1, 1, 1)
@@ -127,11 +131,12 @@ class ImageDecoder(Decoder):
     def absorb(self, ops: list) -> list:
         """The sampler draws the flips of the pipeline's first RandomHorizontalFlip (per view);
         directly after the decoder it is folded into the backend's resize."""
+        ops = super().absorb(ops)
         flip = next((op for op in ops if isinstance(op, RandomHorizontalFlip)), None)
         if flip is None:
             return ops
         for view in self.views:
-            view.flip_p = flip.p
+            view.flip_p = flip.flip_prob
             view.flip_in_decoder = ops[0] is flip
         return ops[1:] if ops[0] is flip else ops
 

@@ -135,7 +135,7 @@ class ReplayedCrop(ImageDecoder):
         if ops and isinstance(ops[0], RandomHorizontalFlip):
             raise ValueError("ReplayedCrop replays the stored flip bit: remove the "
                              "RandomHorizontalFlip after it")
-        return ops
+        return Decoder.absorb(self, ops)     # not ImageDecoder's: nothing to fold here
 
     def bind(self, reader, name: str, field_index: int) -> None:
         if self.reinforce not in reader.fields:
