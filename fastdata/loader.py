@@ -75,13 +75,14 @@ class _Slots:
 
 
 def _with_to_tensor(ops: list) -> list:
-    """A pipeline's batch ops with ToTensor before the first op that needs torch input (ops
-    that take numpy batches, as FFCV's pre-ToTensor transforms do, declare ``accepts_numpy``).
-    A pipeline with no such op and no ToTensor yields numpy arrays, as in FFCV."""
+    """A pipeline's batch ops with ToTensor before the first op that needs torch input: an op
+    whose ``ffcv_jit_mode`` is False (True: it works on raw numpy batches, as FFCV's
+    pre-ToTensor transforms do; None: on either).  A pipeline with no such op and no ToTensor
+    yields numpy arrays, as in FFCV."""
     for k, op in enumerate(ops):
         if isinstance(op, ToTensor):
             return ops
-        if not getattr(op, "accepts_numpy", False):
+        if getattr(op, "ffcv_jit_mode", False) is False:
             return ops[:k] + [ToTensor()] + ops[k:]
     return ops
 

@@ -104,7 +104,7 @@ def test_ffcvs_partial_pipeline_op_runs(beton):
 def test_per_sample_op_with_iterator_and_indices(beton):
     op = HalveAndMark()
     loader = Loader(beton, batch_size=8, num_workers=1, order="random", seed=3, pipelines={
-        "image": [SimpleRGBImageDecoder(), op, ToTensor()], "label": [IntDecoder()],
+        "image": [SimpleRGBImageDecoder(), op, ToTensor()], "label": [IntDecoder(), ToTensor()],
         "value": None})
     stored = pictures()
     pointers = set()

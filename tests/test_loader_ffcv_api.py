@@ -110,7 +110,7 @@ def test_next_epoch_is_readable_and_settable(beton):
 
 def test_recompile_calls_the_ops_recompile_hook_each_epoch(beton):
     class Counting(BatchOp):
-        accepts_numpy = True
+        ffcv_jit_mode = None          # takes numpy or torch batches
 
         def __init__(self):
             self.recompiled = 0

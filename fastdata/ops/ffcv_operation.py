@@ -231,6 +231,11 @@ class Operation(BatchOp):
         self._ring_size = int(ring_size)
         self._state = None        # declared again at the next batch
 
+    def recompile(self) -> None:
+        """Declare the state and generate the code again at the next batch (Loader's
+        ``recompile=True`` calls this at each iter(), as FFCV regenerates its code per epoch)."""
+        self._state = None
+
     def previous_state(self, batch: Any) -> State:
         """The State FFCV would hand this op for ``batch``."""
         jit = jit_mode_after(getattr(self, "previous_step", None))
