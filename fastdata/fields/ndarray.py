@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..format import ARGUMENTS_SIZE, FormatError
-from .base import Encoded, FixedSizeField, pack_arguments, unpack_arguments
+from .base import Encoded, accepts_ffcv_call, FixedSizeField, pack_arguments, unpack_arguments
 
 MAX_DIMS = 32
 ARGS_HEADER_DTYPE = np.dtype([("shape", "<u8", (MAX_DIMS,)), ("type_length", "<u8")])
@@ -64,10 +64,15 @@ class NDArrayField(FixedSizeField):
         except (ValueError, TypeError, UnicodeDecodeError) as err:
             raise FormatError(f"bad array field arguments (shape {shape}): {err}") from None
 
+    @accepts_ffcv_call
     def encode(self, value: Any, index: int) -> Encoded:
         array = np.asarray(value)
         if array.shape != self.shape:
-            raise ValueError(f"array of shape {array.shape} where the field expects {self.shape}")
+            # As FFCV, which stores value.reshape(-1): any shape with the field's element count.
+            if array.size != math.prod(self.shape):
+                raise ValueError(f"array of shape {array.shape} ({array.size} elements) where "
+                                 f"the field expects {self.shape}")
+            array = array.reshape(self.shape)
         if array.dtype != self.dtype:
             if not np.can_cast(array.dtype, self.dtype, casting="same_kind"):
                 raise TypeError(f"array of dtype {array.dtype} cannot be stored as {self.dtype}")
