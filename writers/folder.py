@@ -33,4 +33,5 @@ def write_folder(data_dir: str, out: str, image_field: Optional[RGBImageField] =
     fields = {"image": image_field or RGBImageField(), "path": JSONField()}
     writer = DatasetWriter(out, fields, page_size=page_size, num_workers=num_workers,
                            on_error=on_error, progress=progress)
-    return writer.from_indexed_dataset(samples, describe=lambda i: samples[i][0])
+    return writer.from_indexed_dataset(samples, chunksize=8, describe=lambda i: samples[i][0],
+                                       worker_type="thread")

@@ -113,5 +113,7 @@ def write_imagenet(data_dir: str, out: str, split: Optional[str] = "train",
         dataset = RelabelSamples(samples, folder.classes, relabel_maps, fields["relabel"])
     writer = DatasetWriter(out, fields, page_size=page_size, num_workers=num_workers,
                            on_error=on_error, progress=progress)
-    # Paths go to the image field, which reads and decodes them in the worker threads.
-    return writer.from_indexed_dataset(dataset, describe=lambda i: samples[i][0])
+    # Paths go to the image field, which reads and decodes them in the worker threads (this
+    # project's code, thread-safe: no worker processes needed).
+    return writer.from_indexed_dataset(dataset, chunksize=8, describe=lambda i: samples[i][0],
+                                       worker_type="thread")
