@@ -33,7 +33,7 @@ from test_ffcv_compat import ffcv_python, run_ffcv  # noqa: F401 - the fixture i
 class SeededRandomDataset:
     """FFCV's test datasets' pattern: ``__getitem__`` seeds numpy's global RNG and draws."""
 
-    def __init__(self, n: int, size: int = 64):
+    def __init__(self, n: int, size: int = 2048):
         self.n, self.size = n, size
 
     def __len__(self) -> int:
@@ -51,7 +51,7 @@ def test_global_rng_dataset_records_equal_dataset_i(tmp_path):
     n = 4096
     dataset = SeededRandomDataset(n)
     out = tmp_path / "rng.beton"
-    DatasetWriter(out, {"index": IntField(), "value": NDArrayField(np.dtype("<f4"), (64,))},
+    DatasetWriter(out, {"index": IntField(), "value": NDArrayField(np.dtype("<f4"), (2048,))},
                   num_workers=3, progress=False).from_indexed_dataset(dataset)
     with Reader(out) as reader:
         assert len(reader) == n
@@ -496,6 +496,10 @@ else:
                 handler=type(reader.handlers["label"]).__name__,
                 type_id=int(reader.field_descriptors[0]["type_id"]),
                 args=reader.field_descriptors[0]["arguments"].tolist())
+    # the values, read as FFCV's NDArrayDecoder reads them: 100 bytes at each pointer
+    data = np.fromfile(path, dtype=np.uint8)
+    info["captions"] = [data[p:p + 100].tobytes().decode("ascii").rstrip("\0")
+                        for p in reader.metadata["f0"].tolist()]
     with open(path + ".json", "w") as f:
         json.dump(info, f)
 '''.replace("import sys\n", "import json, sys\n", 1)
@@ -513,6 +517,7 @@ def test_ffcv_and_fastdata_read_each_others_custom_fields(ffcv_python, tmp_path)
     run_ffcv(ffcv_python, FFCV_STRINGS, "read", ours, cwd=tmp_path)
     with open(str(ours) + ".json") as f:
         info = json.load(f)
+    assert info.pop("captions") == CAPTIONS
     with Reader(ours, custom_fields={"label": StringField}) as reader:
         assert info == dict(num_samples=reader.num_samples, num_fields=reader.num_fields,
                             page_size=reader.page_size, field_names=reader.field_names,
