@@ -303,6 +303,7 @@ class Reader:
 
     def _check_regions_match_values(self) -> None:
         if any(type(self.fields[name]).payload_ptrs is Field.payload_ptrs
+               and type(self.fields[name]) not in TYPE_IDS.values()
                for name in self._custom_names):
             # A custom field that does not say where its payloads are (FFCV's interface has no
             # way to): its regions cannot be told from stray ones, so the one-to-one check is

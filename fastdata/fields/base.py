@@ -175,11 +175,13 @@ class Field(ABC):
     def from_binary(cls, binary: np.ndarray) -> "Field":
         """FFCV's form of ``from_arguments``.  As in FFCV, where each field class's
         ``from_binary`` is a static method building that class, a subclass that does not define
-        its own gets an instance of the nearest fastdata field class it derives from (a
-        ``StringField(NDArrayField)`` reads back as an NDArrayField)."""
+        its own gets an instance of the nearest class that defines ``from_arguments`` or a type
+        id (a ``StringField(NDArrayField)`` reads back as an NDArrayField)."""
         arguments = np.asarray(binary, dtype=np.uint8).reshape(-1)
         for klass in cls.__mro__:
-            if "TYPE_ID" in vars(klass):
+            if klass is Field:
+                break
+            if "TYPE_ID" in vars(klass) or "from_arguments" in vars(klass):
                 return klass.from_arguments(arguments)
         raise TypeError(f"{cls.__name__} derives from no fastdata field type: define "
                         f"from_binary(binary) (FFCV) or from_arguments(arguments) (fastdata)")
