@@ -349,12 +349,16 @@ class DatasetWriter:
         if worker_type == "thread" or self.num_workers == 0:
             return self.write(len(order), lambda k: dataset[order[k]], describe=name,
                               source_index=index_of, chunksize=chunksize)
-        chunks = [[(k, order[k]) for k in range(s, min(s + chunksize, len(order)))]
-                  for s in range(0, len(order), chunksize)]
-        tasks = ((_process_items, (chunk,)) for chunk in chunks)
-        return self._write_checked(len(order), name, index_of, lambda: self._process_results(
-            dataset, tasks, 2 * self.num_workers, lambda t: name(chunks[t][0][0]) + " to "
-            + name(chunks[t][-1][0]), start_method, "dataset"))
+        n = len(order)
+        tasks = ((_process_items, (list(zip(range(s, min(s + chunksize, n)),
+                                            order[s:s + chunksize])),))
+                 for s in range(0, n, chunksize))
+
+        def what(t: int) -> str:
+            return f"{name(t * chunksize)} to {name(min((t + 1) * chunksize, n) - 1)}"
+
+        return self._write_checked(n, name, index_of, lambda: self._process_results(
+            dataset, tasks, 2 * self.num_workers, what, start_method, "dataset"))
 
     def from_webdataset(self, shards: Sequence[str], pipeline: Callable[[Any], Any], *,
                         start_method: Optional[str] = None) -> WriteReport:

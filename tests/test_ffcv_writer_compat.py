@@ -291,21 +291,24 @@ def test_field_arguments_in_ffcv_order_and_none_values(tmp_path):
         "tensor": TorchTensorField(torch.float32, (3,)),
     }
     out = tmp_path / "fields.beton"
-    value = np.arange(6, dtype="<i4")          # FFCV stores value.reshape(-1): any shape of 6
+    value = np.arange(6, dtype="<i4").reshape(2, 3)
     DatasetWriter(out, fields, num_workers=0, progress=False).from_indexed_dataset(
         [(image, image, image, value, torch.tensor([1.0, 2.0, 3.0]))])
     with Reader(out) as reader:
         raw, jpg, smart, array, tensor = reader[0]
         assert np.array_equal(raw, image) and np.array_equal(smart, image)
         assert jpg.shape == (10, 16, 3)        # 20 x 16/30 = 10.7, truncated as FFCV does
-        assert np.array_equal(array, value.reshape(2, 3))
+        assert np.array_equal(array, value)
         assert tensor.tolist() == [1.0, 2.0, 3.0]
         assert reader.fields["raw"].compress_probability is None
         assert reader.fields["raw"].proportion is None
     with pytest.raises(ValueError, match="'proportion' needs compress_probability"):
         RGBImageField(write_mode="proportion", compress_probability=None)
-    with pytest.raises(ValueError, match=r"array of shape \(7,\) \(7 elements\)"):
+    with pytest.raises(ValueError, match=r"array of shape \(7,\) where the field expects "
+                                         r"\(2, 3\)$"):
         NDArrayField(np.dtype("<i4"), (2, 3)).encode(np.arange(7), 0)
+    with pytest.raises(ValueError, match=r"\(6,\) where .* FFCV would store it flattened"):
+        NDArrayField(np.dtype("<i4"), (2, 3)).encode(np.arange(6), 0)
 
 
 def test_bytes_field_casts_arrays_as_ffcv_and_refuses_lossy_ones():

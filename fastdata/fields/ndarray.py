@@ -68,11 +68,14 @@ class NDArrayField(FixedSizeField):
     def encode(self, value: Any, index: int) -> Encoded:
         array = np.asarray(value)
         if array.shape != self.shape:
-            # As FFCV, which stores value.reshape(-1): any shape with the field's element count.
-            if array.size != math.prod(self.shape):
-                raise ValueError(f"array of shape {array.shape} ({array.size} elements) where "
-                                 f"the field expects {self.shape}")
-            array = array.reshape(self.shape)
+            # FFCV stores value.reshape(-1), so it takes any shape of the same element count and
+            # reads it back in the field's shape; a mismatch is refused here instead of silently
+            # rearranging the values.
+            hint = (f"; FFCV would store it flattened and read it back as {self.shape}: "
+                    f"reshape it first if that is meant"
+                    if array.size == math.prod(self.shape) else "")
+            raise ValueError(f"array of shape {array.shape} where the field expects "
+                             f"{self.shape}{hint}")
         if array.dtype != self.dtype:
             if not np.can_cast(array.dtype, self.dtype, casting="same_kind"):
                 raise TypeError(f"array of dtype {array.dtype} cannot be stored as {self.dtype}")
