@@ -589,3 +589,26 @@ def test_reader_attributes_without_ffcv(tmp_path):
         Reader(str(out), custom_fields={"a": IntField}, custom_handlers={"a": IntField})
     with pytest.raises(TypeError, match="must be a subclass of fastdata.fields.Field"):
         Reader(str(out), custom_fields={"index": int})
+
+
+def test_builtin_fields_answer_ffcvs_interface():
+    from fastdata.ops import IntDecoder, NDArrayDecoder as Decoder, SimpleRGBImageDecoder
+    array = NDArrayField(np.dtype("<u2"), (3, 2))
+    assert array.metadata_type == np.dtype("<u8")
+    binary = array.to_binary()
+    assert binary.dtype == np.dtype([("", "<u1", 1024)]) and binary[0].shape == (1024,)
+    back = NDArrayField.from_binary(binary[0])
+    assert (type(back), back.dtype, back.shape) == (NDArrayField, np.dtype("<u2"), (3, 2))
+    assert type(StringField.from_binary(StringField(8).to_binary()[0])) is NDArrayFieldClass
+    assert IntField().get_decoder_class() is IntDecoder
+    assert array.get_decoder_class() is Decoder
+    assert RGBImageField().get_decoder_class() is SimpleRGBImageDecoder
+    assert RGBImageField().metadata_type.names == ("mode", "width", "height", "data_ptr")
+
+    class NoMetadata(Field):
+        def encode(self, destination, field, malloc):
+            pass
+    with pytest.raises(TypeError, match="defines neither metadata_dtype"):
+        NoMetadata().metadata_type
+    with pytest.raises(TypeError, match="NoMetadata derives from no fastdata field type"):
+        NoMetadata.from_binary(np.zeros(1024, np.uint8))
