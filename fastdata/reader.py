@@ -143,6 +143,24 @@ def _first_mismatch(alloc_table: np.ndarray, entry_of_region: np.ndarray,
             f"{int(entry['sample_id'])}: a corrupt field type id or data pointer?")
 
 
+def _custom_field(name: str, cls: Any, arguments: np.ndarray) -> Field:
+    """The field of a ``custom_fields`` class, built as FFCV builds it (``from_binary``)."""
+    if not (isinstance(cls, type) and issubclass(cls, Field)):
+        raise TypeError(f"custom_fields[{name!r}] must be a subclass of fastdata.fields.Field, "
+                        f"got {cls!r}")
+    try:
+        field = cls.from_binary(arguments)
+    except FormatError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise FormatError(f"field {name!r}: {cls.__name__}.from_binary failed on the stored "
+                          f"arguments: {err}") from None
+    if not isinstance(field, Field):
+        raise TypeError(f"field {name!r}: {cls.__name__}.from_binary returned a "
+                        f"{type(field).__name__}, not a Field")
+    return field
+
+
 class ImageSizes(NamedTuple):
     """Every sample's image size, int64[N, 2] arrays of (height, width) in pixels."""
     stored: np.ndarray      # as stored in the file (after the writer's max_resolution)
@@ -158,8 +176,15 @@ class Reader:
     Images come back as H x W x 3 uint8 arrays, ints/floats as Python numbers, bytes as bytes,
     JSON as the parsed object, arrays and tensors as numpy arrays.
 
-    ``custom_fields`` maps a field name to its class for fields stored with FFCV's custom type
-    id 255.  Raises FormatError (naming what is wrong) for a truncated or corrupt file.
+    ``custom_fields`` (FFCV's Reader calls it ``custom_handlers``; both are accepted) maps a
+    field name to its class for fields stored with FFCV's custom type id 255; the field is
+    built with ``cls.from_binary(arguments)``, as FFCV builds it.  Raises FormatError (naming
+    what is wrong) for a truncated or corrupt file.
+
+    FFCV's Reader attributes are here too: ``handlers`` (field name -> Field, in file order),
+    ``num_samples``, ``num_fields``, ``page_size``, ``field_names``, ``header``,
+    ``field_descriptors``, ``metadata`` (a record per sample, fields ``f0``, ``f1``, ...),
+    ``metadata_type``, ``alloc_table`` and ``file_name``.
     ``accept_jpeg_warnings``: decode JPEG records that libjpeg decodes only with a warning
     (corrupt data), as FFCV does; by default ``read`` raises SampleError for them and for
     records that do not end with the end-of-image marker.
@@ -184,9 +209,12 @@ class Reader:
                  = None, accept_jpeg_warnings: bool = False, *,
                  storage_options: Optional[Mapping[str, Any]] = None,
                  cache_dir: Optional[str | os.PathLike] = None, cache_size: Optional[int] = None,
-                 remote_settings: Optional["RemoteSettings"] = None):
+                 remote_settings: Optional["RemoteSettings"] = None,
+                 custom_handlers: Optional[Mapping[str, Type[Field]]] = None):
         self.path = os.fspath(path)
-        custom_fields = dict(custom_fields or {})
+        if custom_fields and custom_handlers:
+            raise TypeError("give custom_fields or FFCV's name for it, custom_handlers, not both")
+        custom_fields = dict(custom_fields or custom_handlers or {})
         # A URL (s3://, gs://, https://, file://, ...) is read through fsspec into a local page
         # cache (fastdata/remote.py); storage_options, cache_dir, cache_size (bytes) and
         # remote_settings (a remote.RemoteSettings) apply to URLs only.
@@ -244,14 +272,18 @@ class Reader:
         self._fetch(fmt.HEADER_SIZE, meta_start)
         descriptors = self.data[fmt.HEADER_SIZE:meta_start].view(fmt.FIELD_DESC_DTYPE)
         self.fields: dict[str, Field] = {}
+        self._custom_names = [name for name in map(fmt.decode_name, descriptors["name"])
+                              if name in custom_fields]
         for k, desc in enumerate(descriptors):
             name = fmt.decode_name(desc["name"])
             if name in self.fields:
                 raise FormatError(f"field name {name!r} appears twice")
             type_id = int(desc["type_id"])
             if name in custom_fields:
-                cls = custom_fields[name]
-            elif type_id in TYPE_IDS:
+                self.fields[name] = _custom_field(name, custom_fields[name],
+                                                  np.array(desc["arguments"]))
+                continue
+            if type_id in TYPE_IDS:
                 cls = TYPE_IDS[type_id]
             elif type_id == CUSTOM_TYPE_ID:
                 raise FormatError(f"field {name!r} has a custom type: pass its class in "
@@ -261,6 +293,10 @@ class Reader:
                                   f"newer fastdata?)")
             self.fields[name] = cls.from_arguments(np.array(desc["arguments"]))
         self.field_names = list(self.fields)
+        self.num_fields = num_fields
+        self.header = header.copy()
+        self.field_descriptors = np.array(descriptors)
+        self.field_descriptors.setflags(write=False)
 
         self.metadata_dtype = fmt.metadata_dtype([f.metadata_dtype for f in self.fields.values()])
         meta_end = meta_start + self.num_samples * self.metadata_dtype.itemsize
@@ -319,6 +355,13 @@ class Reader:
             raise FormatError(f"allocation entry {k} overlaps the next region")
 
     def _check_regions_match_values(self) -> None:
+        if any(type(self.fields[name]).payload_ptrs is Field.payload_ptrs
+               and type(self.fields[name]) not in TYPE_IDS.values()
+               for name in self._custom_names):
+            # A custom field that does not say where its payloads are (FFCV's interface has no
+            # way to): its regions cannot be told from stray ones, so the one-to-one check is
+            # left out; each known value was still checked against its own region.
+            return
         side_table_ptrs = [field.side_table_location[0] for name, field in self.fields.items()
                            if self._side_tables[name] is not None]
         values = [(name, self._ptrs[name], self._sizes[name]) for name in self.field_names
@@ -364,6 +407,22 @@ class Reader:
         self.data = data
         self._mmap.close()
         self._mmap = None
+
+    # -- FFCV's names -----------------------------------------------------------------------------
+    @property
+    def handlers(self) -> dict[str, Field]:
+        """FFCV's name for ``fields``: field name -> Field instance, in file order."""
+        return self.fields
+
+    @property
+    def file_name(self) -> str:
+        """FFCV's name for ``path``."""
+        return self.path
+
+    @property
+    def metadata_type(self) -> np.dtype:
+        """FFCV's name for ``metadata_dtype``."""
+        return self.metadata_dtype
 
     # -- access ---------------------------------------------------------------------------------
     def __len__(self) -> int:

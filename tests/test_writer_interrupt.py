@@ -241,8 +241,9 @@ def test_the_sigterm_handler_is_set_only_during_a_write(tmp_path):
             seen.append(signal.getsignal(signal.SIGTERM))
             return (i,)
 
+    # Threads: __getitem__ records the writing process's handler (a worker process has its own).
     DatasetWriter(str(tmp_path / "a.beton"), {"label": IntField()}, num_workers=1,
-                  progress=False).from_indexed_dataset(Dataset())
+                  progress=False).from_indexed_dataset(Dataset(), worker_type="thread")
     assert seen and all(callable(h) for h in seen)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 

@@ -37,5 +37,5 @@ def write_folder(data_dir: str, out: str, image_field: Optional[RGBImageField] =
     writer = DatasetWriter(out, fields, page_size=page_size, num_workers=num_workers,
                            on_error=on_error, progress=progress)
     records = None if shard is None else shard_range(len(samples), *shard)
-    return writer.from_indexed_dataset(samples, indices=records,
-                                       describe=lambda i: samples[i][0])
+    return writer.from_indexed_dataset(samples, indices=records, chunksize=8,
+                                       describe=lambda i: samples[i][0], worker_type="thread")

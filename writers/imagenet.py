@@ -121,6 +121,7 @@ def write_imagenet(data_dir: str, out: str, split: Optional[str] = "train",
     writer = DatasetWriter(out, fields, page_size=page_size, num_workers=num_workers,
                            on_error=on_error, progress=progress)
     records = None if shard is None else shard_range(len(samples), *shard)
-    # Paths go to the image field, which reads and decodes them in the worker threads.
-    return writer.from_indexed_dataset(dataset, indices=records,
-                                       describe=lambda i: samples[i][0])
+    # Paths go to the image field, which reads and decodes them in the worker threads (this
+    # project's code, thread-safe: no worker processes needed).
+    return writer.from_indexed_dataset(dataset, indices=records, chunksize=8,
+                                       describe=lambda i: samples[i][0], worker_type="thread")

@@ -2,9 +2,11 @@
 encoded when writing, and how a stored value is checked and decoded when reading."""
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 
@@ -70,8 +72,69 @@ def unpack_arguments(arguments: np.ndarray, dtype: np.dtype) -> np.void:
     return np.frombuffer(raw, dtype=dtype)[0]
 
 
+#: FFCV's type of a descriptor's argument bytes (``Field.to_binary()`` returns one such record).
+ARG_TYPE = np.dtype([("", "<u1", ARGUMENTS_SIZE)])
+
+
+def accepts_ffcv_call(encode: Callable) -> Callable:
+    """Decorator for a fastdata field's ``encode(value, index) -> Encoded`` that also accepts
+    FFCV's call ``encode(destination, value, malloc)``, so that a user subclass in FFCV's style
+    (``def encode(self, destination, field, malloc): ... return super().encode(destination,
+    field, malloc)``) works unchanged.  In FFCV's form the value is encoded as fastdata encodes
+    it, its payload is copied into ``malloc(size)`` (which returns (pointer, uint8 buffer)) and
+    its metadata record is written to ``destination[0]``."""
+
+    @functools.wraps(encode)
+    def dual(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) + len(kwargs) != 3:
+            return encode(self, *args, **kwargs)
+        bound = inspect.signature(lambda destination, field, malloc: None).bind(*args, **kwargs)
+        destination, value, malloc = (bound.arguments[k] for k in ("destination", "field",
+                                                                   "malloc"))
+        encoded = encode(self, value, getattr(malloc, "sample_index", 0))
+        ptr = 0
+        if encoded.payload is not None:
+            payload = encoded.payload
+            raw = np.frombuffer(payload if not isinstance(payload, np.ndarray)
+                                else np.ascontiguousarray(payload), dtype=np.uint8)
+            ptr, buffer = malloc(raw.size)
+            buffer[:] = raw
+        destination[0] = self.metadata_record(encoded.meta, ptr)
+        return None
+
+    dual.accepts_ffcv_call = True
+    return dual
+
+
+def is_ffcv_style(field: "Field") -> bool:
+    """Whether ``field`` encodes in FFCV's way, ``encode(destination, value, malloc)`` (a user
+    field written for FFCV), rather than fastdata's ``encode(value, index) -> Encoded``.  Told
+    by the number of parameters its ``encode`` takes."""
+    encode = type(field).encode
+    if getattr(encode, "accepts_ffcv_call", False):
+        return False
+    params = [p for p in inspect.signature(encode).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(params) == 4      # self, destination, field, malloc
+
+
 class Field(ABC):
-    """A column of a .beton file.  Subclasses set TYPE_ID (FFCV's ids 0-6; ours are >= 100)."""
+    """A column of a .beton file.  Subclasses set TYPE_ID (FFCV's ids 0-6; ours are >= 100).
+
+    Two ways to write a field type:
+
+    - fastdata's: ``metadata_dtype``, ``encode(value, index) -> Encoded`` (runs in worker
+      threads or processes), ``to_arguments``/``from_arguments`` and, for reading,
+      ``payload_ptrs``/``payload_sizes``/``decode``;
+    - FFCV's (a field written for FFCV, with its imports changed): ``metadata_type``,
+      ``encode(destination, field, malloc)``, ``to_binary()``, ``from_binary(binary)`` and
+      ``get_decoder_class()``.  The writer runs such an ``encode`` in the calling thread, in
+      sample order, with FFCV's ``malloc``; the file records the field with FFCV's custom type
+      id 255, so readers need ``custom_fields={name: TheClass}`` as in FFCV.
+
+    Every field also answers FFCV's names: ``metadata_type``, ``to_binary()``,
+    ``from_binary(binary)`` and ``get_decoder_class()``.
+    """
 
     TYPE_ID: ClassVar[int]
     # The per-sample record of an optional side table that the writer stores once per file
@@ -79,18 +142,54 @@ class Field(ABC):
     side_table_dtype: ClassVar[Optional[np.dtype]] = None
 
     @property
-    @abstractmethod
     def metadata_dtype(self) -> np.dtype:
         """The dtype of this field's part of each sample's metadata record."""
+        if type(self).metadata_type is Field.metadata_type:
+            raise TypeError(f"{type(self).__name__} defines neither metadata_dtype (fastdata) "
+                            f"nor metadata_type (FFCV)")
+        return np.dtype(self.metadata_type)
+
+    @property
+    def metadata_type(self) -> np.dtype:
+        """FFCV's name for ``metadata_dtype``."""
+        return self.metadata_dtype
 
     def to_arguments(self, side_table: Optional[tuple[int, int]] = None) -> np.ndarray:
         """The 1024 argument bytes of the field descriptor.  ``side_table`` is (ptr, count)."""
+        if type(self).to_binary is not Field.to_binary:     # an FFCV-style field's own
+            return np.asarray(self.to_binary()[0], dtype=np.uint8).reshape(ARGUMENTS_SIZE)
         return np.zeros(ARGUMENTS_SIZE, dtype=np.uint8)
 
     @classmethod
     def from_arguments(cls, arguments: np.ndarray) -> "Field":
         """Rebuild the field from its descriptor's argument bytes; FormatError if they are bad."""
         return cls()
+
+    def to_binary(self) -> np.void:
+        """FFCV's form of ``to_arguments()``: one ``ARG_TYPE`` record (``[0]`` is uint8[1024])."""
+        record = np.zeros(1, dtype=ARG_TYPE)[0]
+        record[0][:] = self.to_arguments()
+        return record
+
+    @classmethod
+    def from_binary(cls, binary: np.ndarray) -> "Field":
+        """FFCV's form of ``from_arguments``.  As in FFCV, where each field class's
+        ``from_binary`` is a static method building that class, a subclass that does not define
+        its own gets an instance of the nearest class that defines ``from_arguments`` or a type
+        id (a ``StringField(NDArrayField)`` reads back as an NDArrayField)."""
+        arguments = np.asarray(binary, dtype=np.uint8).reshape(-1)
+        for klass in cls.__mro__:
+            if klass is Field:
+                break
+            if "TYPE_ID" in vars(klass) or "from_arguments" in vars(klass):
+                return klass.from_arguments(arguments)
+        raise TypeError(f"{cls.__name__} derives from no fastdata field type: define "
+                        f"from_binary(binary) (FFCV) or from_arguments(arguments) (fastdata)")
+
+    def get_decoder_class(self) -> type:
+        """FFCV's name for the decoder a Loader pipeline gets for this field by default."""
+        from ..ops.base import default_decoder
+        return type(default_decoder(self))
 
     def describe(self) -> str:
         """The field with its arguments, for ``fastdata inspect``."""
@@ -108,7 +207,8 @@ class Field(ABC):
     def encode(self, value: Any, index: int) -> Encoded:
         """Encode ``value`` of source sample ``index``; raise ValueError/TypeError if it is bad.
 
-        Runs in worker threads, so it must not touch shared state."""
+        Runs in worker threads, so it must not touch shared state.  (An FFCV-style field
+        overrides this with ``encode(destination, field, malloc)`` instead; see the class.)"""
 
     def metadata_record(self, meta: Any, ptr: int) -> Any:
         """The metadata record for an encoded value whose payload was placed at ``ptr``."""
@@ -131,9 +231,16 @@ class Field(ABC):
         """Check the side table (one ``side_table_dtype`` record per sample) against this field's
         metadata column, once at open; FormatError naming the first bad sample."""
 
-    @abstractmethod
     def decode(self, record: Any, payload: Optional[np.ndarray], side: Optional[np.void]) -> Any:
-        """The value of one sample from its metadata record and payload bytes (uint8 view)."""
+        """The value of one sample from its metadata record and payload bytes (uint8 view).
+
+        A field written for FFCV has none (FFCV reads values only through the Loader's
+        decoders): TypeError saying so."""
+        raise TypeError(f"{type(self).__name__} has no decode(record, payload, side), so "
+                        f"Reader.read cannot decode it: read it with a Loader pipeline that "
+                        f"decodes it, or Reader.column(name) for its raw metadata records; "
+                        f"give the class fastdata's decode (and payload_ptrs/payload_sizes) to "
+                        f"read values one by one")
 
 
 def check_ptr_column(ptrs: np.ndarray, sizes: np.ndarray, regions: RegionTable, name: str) -> None:

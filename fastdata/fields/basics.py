@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .base import Encoded, Field
+from .base import Encoded, accepts_ffcv_call, Field
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -21,6 +21,7 @@ class FloatField(Field):
     def metadata_dtype(self) -> np.dtype:
         return np.dtype("<f8")
 
+    @accepts_ffcv_call
     def encode(self, value: Any, index: int) -> Encoded:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise TypeError(f"FloatField needs a real number, got {type(value).__name__}")
@@ -39,6 +40,7 @@ class IntField(Field):
     def metadata_dtype(self) -> np.dtype:
         return np.dtype("<i8")
 
+    @accepts_ffcv_call
     def encode(self, value: Any, index: int) -> Encoded:
         if isinstance(value, (float, np.floating)) and math.isfinite(value) and value == int(value):
             value = int(value)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..constants import MAX_CLASS_ID
 from ..format import FormatError
-from .base import Encoded, FixedSizeField, pack_arguments, unpack_arguments
+from .base import Encoded, accepts_ffcv_call, FixedSizeField, pack_arguments, unpack_arguments
 
 ARGS_MAGIC = b"FDLM"
 ARGS_VERSION = 1
@@ -176,6 +176,7 @@ class LabelMapField(FixedSizeField):
                                  f"(row {r}, col {c})")
         return LabelMap(scores64.astype(np.float16), ids16)
 
+    @accepts_ffcv_call
     def encode(self, value: Any, index: int) -> Encoded:
         checked = self.validate(value)
         payload = (np.ascontiguousarray(checked.ids, dtype=ID_DTYPE).tobytes()

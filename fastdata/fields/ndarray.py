@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..format import ARGUMENTS_SIZE, FormatError
-from .base import Encoded, FixedSizeField, pack_arguments, unpack_arguments
+from .base import Encoded, accepts_ffcv_call, FixedSizeField, pack_arguments, unpack_arguments
 
 MAX_DIMS = 32
 ARGS_HEADER_DTYPE = np.dtype([("shape", "<u8", (MAX_DIMS,)), ("type_length", "<u8")])
@@ -64,10 +64,18 @@ class NDArrayField(FixedSizeField):
         except (ValueError, TypeError, UnicodeDecodeError) as err:
             raise FormatError(f"bad array field arguments (shape {shape}): {err}") from None
 
+    @accepts_ffcv_call
     def encode(self, value: Any, index: int) -> Encoded:
         array = np.asarray(value)
         if array.shape != self.shape:
-            raise ValueError(f"array of shape {array.shape} where the field expects {self.shape}")
+            # FFCV stores value.reshape(-1), so it takes any shape of the same element count and
+            # reads it back in the field's shape; a mismatch is refused here instead of silently
+            # rearranging the values.
+            hint = (f"; FFCV would store it flattened and read it back as {self.shape}: "
+                    f"reshape it first if that is meant"
+                    if array.size == math.prod(self.shape) else "")
+            raise ValueError(f"array of shape {array.shape} where the field expects "
+                             f"{self.shape}{hint}")
         if array.dtype != self.dtype:
             if not np.can_cast(array.dtype, self.dtype, casting="same_kind"):
                 raise TypeError(f"array of dtype {array.dtype} cannot be stored as {self.dtype}")

@@ -41,7 +41,7 @@ import numpy as np
 
 from ..constants import MAX_CLASS_ID, MAX_TOP_K
 from ..format import FormatError
-from .base import Encoded, FixedSizeField, pack_arguments, unpack_arguments
+from .base import Encoded, accepts_ffcv_call, FixedSizeField, pack_arguments, unpack_arguments
 
 MAX_AUGS = 1 << 16
 _ARGS = np.dtype([("num_augs", "<u4"), ("top_k", "<u4"), ("out_h", "<u4"), ("out_w", "<u4")])
@@ -227,6 +227,7 @@ class ReinforcementField(FixedSizeField):
         check_records(recs)
         return recs
 
+    @accepts_ffcv_call
     def encode(self, value: Any, index: int) -> Encoded:
         return Encoded(self.as_records(value).tobytes(), None)
 

@@ -17,7 +17,7 @@ from ..format import FormatError
 from ..pixels import jpeg
 from ..pixels.images import SourceImage, as_rgb_array, load_image
 from ..pixels.resize import resize_area, size_within
-from .base import Encoded, Field, RegionTable, pack_arguments, unpack_arguments
+from .base import Encoded, accepts_ffcv_call, Field, RegionTable, pack_arguments, unpack_arguments
 
 MODE_JPG, MODE_RAW = 0, 1
 WRITE_MODES = ("raw", "jpg", "proportion", "smart")
@@ -57,7 +57,7 @@ class RGBImageField(Field):
 
     def __init__(self, write_mode: str = "raw", max_resolution: Optional[int] = None,
                  smart_threshold: Optional[int] = None, jpeg_quality: int = 90,
-                 compress_probability: float = 0.5, keep_source_jpeg: bool = True,
+                 compress_probability: Optional[float] = 0.5, keep_source_jpeg: bool = True,
                  exif_transpose: bool = False, seed: int = 0):
         if write_mode not in WRITE_MODES:
             raise ValueError(f"write_mode must be one of {WRITE_MODES}, got {write_mode!r}")
@@ -65,13 +65,19 @@ class RGBImageField(Field):
             raise ValueError(f"max_resolution must be in [1, {MAX_SIDE}], got {max_resolution}")
         if not 1 <= int(jpeg_quality) <= 100:
             raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
-        if not 0.0 <= float(compress_probability) <= 1.0:
+        if compress_probability is None:
+            # FFCV's meaning: the argument is ignored unless write_mode is 'proportion'.
+            if write_mode == "proportion":
+                raise ValueError("write_mode='proportion' needs compress_probability (the "
+                                 "probability of storing an image as JPEG), got None")
+        elif not 0.0 <= float(compress_probability) <= 1.0:
             raise ValueError(f"compress_probability must be in [0, 1], got {compress_probability}")
         self.write_mode = write_mode
         self.max_resolution = int(max_resolution) if max_resolution else None
         self.smart_threshold = smart_threshold
         self.jpeg_quality = int(jpeg_quality)
-        self.compress_probability = float(compress_probability)
+        self.compress_probability = None if compress_probability is None \
+            else float(compress_probability)
         self.keep_source_jpeg = keep_source_jpeg
         self.exif_transpose = exif_transpose
         self.seed = int(seed)
@@ -82,6 +88,11 @@ class RGBImageField(Field):
                 f"{self.max_resolution}, jpeg_quality={self.jpeg_quality}, compress_probability="
                 f"{self.compress_probability}, smart_threshold={self.smart_threshold}, "
                 f"keep_source_jpeg={self.keep_source_jpeg}, exif_transpose={self.exif_transpose})")
+
+    @property
+    def proportion(self) -> Optional[float]:
+        """FFCV's attribute name for ``compress_probability``."""
+        return self.compress_probability
 
     @property
     def metadata_dtype(self) -> np.dtype:
@@ -100,7 +111,8 @@ class RGBImageField(Field):
         args["flags"] = (FLAG_EXIF_TRANSPOSE * self.exif_transpose
                          | FLAG_KEEP_SOURCE_JPEG * self.keep_source_jpeg)
         args["max_resolution"] = self.max_resolution or 0
-        args["compress_probability"] = self.compress_probability
+        args["compress_probability"] = np.nan if self.compress_probability is None \
+            else self.compress_probability
         args["smart_threshold"] = self.smart_threshold or 0
         args["seed"] = self.seed & 0xFFFFFFFFFFFFFFFF
         if side_table is not None:
@@ -117,7 +129,8 @@ class RGBImageField(Field):
                         max_resolution=int(args["max_resolution"]) or None,
                         smart_threshold=int(args["smart_threshold"]) or None,
                         jpeg_quality=int(args["jpeg_quality"]),
-                        compress_probability=float(args["compress_probability"]),
+                        compress_probability=None if np.isnan(args["compress_probability"])
+                        else float(args["compress_probability"]),
                         keep_source_jpeg=bool(args["flags"] & FLAG_KEEP_SOURCE_JPEG),
                         exif_transpose=bool(args["flags"] & FLAG_EXIF_TRANSPOSE),
                         seed=int(args["seed"]))
@@ -148,6 +161,7 @@ class RGBImageField(Field):
             return self.smart_threshold is not None and width * height * 3 > self.smart_threshold
         return False
 
+    @accepts_ffcv_call
     def encode(self, value: Any, index: int) -> Encoded:
         source = self._source(value)
         if isinstance(source, np.ndarray):

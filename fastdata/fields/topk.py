@@ -9,7 +9,7 @@ import numpy as np
 
 from ..constants import MAX_CLASS_ID, MAX_TOP_K
 from ..format import FormatError
-from .base import Encoded, FixedSizeField, pack_arguments, unpack_arguments
+from .base import Encoded, accepts_ffcv_call, FixedSizeField, pack_arguments, unpack_arguments
 
 _ARGS = np.dtype([("k", "<u4")])
 
@@ -60,6 +60,7 @@ class TopKField(FixedSizeField):
         except ValueError as err:
             raise FormatError(f"bad top-k field arguments: {err}") from None
 
+    @accepts_ffcv_call
     def encode(self, value: Any, index: int) -> Encoded:
         ids, probs = split_topk(value, self.k)
         return Encoded(ids.tobytes() + probs.tobytes(), None)

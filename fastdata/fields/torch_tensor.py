@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import Encoded
+from .base import Encoded, accepts_ffcv_call
 from .ndarray import NDArrayField
 
 _TORCH_TO_NUMPY = {
@@ -37,6 +37,7 @@ class TorchTensorField(NDArrayField):
     def __init__(self, dtype: Any, shape: Sequence[int]):
         super().__init__(numpy_dtype_of(dtype), shape)
 
+    @accepts_ffcv_call
     def encode(self, value: Any, index: int) -> Encoded:
         if hasattr(value, "detach") and hasattr(value, "numpy"):
             value = value.detach().cpu().numpy()
