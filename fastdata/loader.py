@@ -33,7 +33,7 @@ import torch
 
 from .fields import RGBImageField
 from .ops.base import BatchContext, BatchOp, Decoder, default_decoder
-from .ops.tensor import ToTensor
+from .ops.tensor import ModuleWrapper, ToTensor
 from .order import RANK_SPLITS, OrderOption, as_order, epoch_order, shard, shard_size
 from .reader import Reader, SampleError
 from .rng import OP_SKIP, draw
@@ -291,6 +291,9 @@ class Loader:
             if not steps or not isinstance(steps[0], Decoder):
                 steps.insert(0, default_decoder(self.reader.fields[name]))
             decoder, ops = steps[0], steps[1:]
+            # A torch module in a pipeline is applied to the batch tensor, as FFCV does (its
+            # randomness, if any, is its own: torch's global RNG, not fastdata's).
+            ops = [ModuleWrapper(op) if isinstance(op, torch.nn.Module) else op for op in ops]
             for op in ops:
                 if not isinstance(op, BatchOp):
                     raise TypeError(f"pipeline {name!r}: {op!r} is not a batch op; only its first "

@@ -46,6 +46,8 @@ OP_SATURATION = 13     # RandomSaturation: apply, factor
 OP_FFCV_MIXUP = 14     # ImageMixup / LabelMixup: a sample's lambda (same_lambda=False)
 OP_FFCV_MIXUP_BATCH = 15   # ImageMixup / LabelMixup: the batch's lambda (same_lambda=True),
                            # keyed by batch number (rank-interleaved)
+OP_RESIZED_CROP_OF_IMAGES = 16   # FFCV's transforms.RandomResizedCrop: its boxes.  16 + 16v is
+                                 # op 0's view-(v+1) id, and there is no op 0: no collision.
 
 # Added to an op id for the same decision about a second image.
 PARTNER_OFFSET = 1 << 10   # the reinforce writer's mixing partner: its crop and flip ids plus this

@@ -96,6 +96,27 @@ def test_cutout_fills_a_square_at_its_drawn_origin():
     np.testing.assert_array_equal(out, expected)
 
 
+def test_random_resized_crop_of_images_is_torchvisions_resized_crop_of_its_boxes():
+    """FFCV's transforms.RandomResizedCrop (of decoded images): boxes from the counter-based
+    RNG within scale/ratio, pixels within 1 level of torchvision's antialiased resized_crop."""
+    import torchvision.transforms.v2.functional as tvf
+    from fastdata.ops import RandomResizedCropOfImages
+    images = pictures(2)
+    op = RandomResizedCropOfImages(scale=(0.3, 1.0), ratio=(0.75, 4 / 3), size=12)
+    ctx = context(np.arange(N))
+    boxes = op.boxes(ctx, H, W)
+    out = op(images, ctx)
+    assert out.shape == (N, 12, 12, 3) and out.dtype == np.uint8
+    area = boxes[:, 2] * boxes[:, 3] / (H * W)
+    assert area.min() >= 0.3 - 1e-9 and area.max() <= 1.0 and len({tuple(b) for b in boxes}) > 1
+    for k, (top, left, h, w) in enumerate(boxes.astype(int)):
+        want = tvf.resized_crop(torch.from_numpy(images[k]).permute(2, 0, 1), top, left, h, w,
+                                [12, 12], antialias=True).permute(1, 2, 0).numpy()
+        assert np.abs(want.astype(int) - out[k].astype(int)).max() <= 1
+    assert np.array_equal(op.boxes(context(np.arange(N)), H, W), boxes)        # keyed, not drawn
+    assert not np.array_equal(op.boxes(context(np.arange(N), epoch=1), H, W), boxes)
+
+
 def test_random_translate_takes_a_window_of_the_padded_image():
     images = pictures(2)
     ctx = context(np.arange(N))

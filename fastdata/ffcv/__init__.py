@@ -35,8 +35,11 @@ _TRANSFORM_MODULES = {
     "poisoning": ("Poison",),
     "replace_label": ("ReplaceLabel",),
     "color_jitter": ("RandomBrightness", "RandomContrast", "RandomSaturation"),
+    "random_resized_crop": ("RandomResizedCrop",),
 }
 _TRANSFORMS = {name: "fastdata.ops" for names in _TRANSFORM_MODULES.values() for name in names}
+# FFCV's transform of decoded images; fastdata's RandomResizedCrop is the cropping decoder.
+_TRANSFORMS["RandomResizedCrop"] = "fastdata.ops:RandomResizedCropOfImages"
 _PIPELINE = {"Operation": "fastdata.ops.ffcv_operation", "State": "fastdata.ops.ffcv_operation",
              "AllocationQuery": "fastdata.ops.ffcv_operation",
              "Compiler": "fastdata.ops.ffcv_operation"}
@@ -46,7 +49,8 @@ def _only(table: dict, *names: str) -> dict:
     return {name: table[name] for name in names}
 
 
-#: FFCV module path (below ``ffcv``) -> {name: fastdata module that holds it}.
+#: FFCV module path (below ``ffcv``) -> {name: fastdata module that holds it, or
+#: "module:attribute" where fastdata's name differs}.
 MODULES: dict[str, dict[str, str]] = {
     "": {"Loader": "fastdata.ffcv.loader", "DatasetWriter": "fastdata.writer"},
     "loader.loader": {"Loader": "fastdata.ffcv.loader", "OrderOption": "fastdata.order",
@@ -90,7 +94,6 @@ INTERNALS: dict[str, str] = {
     "pipeline.pipeline_spec": "pipelines are dicts of lists; MultiView gives several outputs "
                               "from one field (fastdata.ops.MultiView)",
     "loader.epoch_iterator": "fastdata.loader.EpochIterator",
-    "transforms.random_resized_crop": "RandomResizedCropRGBImageDecoder crops while decoding",
     "benchmarks": "bench/ in the fastdata repository",
 }
 
@@ -108,7 +111,8 @@ class _CompatModule(types.ModuleType):
         if name not in table:
             raise AttributeError(f"{self.__name__} has no attribute {name!r} (fastdata provides "
                                  f"{sorted(table)} here)")
-        value = getattr(importlib.import_module(table[name]), name)
+        module, _, attribute = table[name].partition(":")
+        value = getattr(importlib.import_module(module), attribute or name)
         setattr(self, name, value)
         return value
 

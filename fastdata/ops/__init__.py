@@ -38,7 +38,7 @@ _WHERE = {
     "MixPlan": "mix", "MixRecord": "mix",
     "ImageBackend": "fastdata.backends", "CPUBackend": "fastdata.backends",
     "register_default_decoder": "base", "default_decoder": "base",
-    "Cutout": "augment", "RandomTranslate": "augment", "RandomBrightness": "augment",
+    "Cutout": "augment", "RandomResizedCropOfImages": "augment", "RandomTranslate": "augment", "RandomBrightness": "augment",
     "RandomContrast": "augment", "RandomSaturation": "augment",
     "Poison": "poison", "ReplaceLabel": "poison",
     "ImageMixup": "ffcv_mixup", "LabelMixup": "ffcv_mixup", "MixupToOneHot": "ffcv_mixup",

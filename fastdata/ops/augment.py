@@ -1,5 +1,7 @@
 """FFCV's per-image augmentations, with FFCV's arguments and arithmetic and fastdata's RNG:
-Cutout, RandomTranslate, RandomBrightness, RandomContrast, RandomSaturation.
+Cutout, RandomTranslate, RandomBrightness, RandomContrast, RandomSaturation, and the random
+resized crop of decoded images (FFCV's ``transforms.RandomResizedCrop``, which resamples with
+the decoders' filter rather than FFCV's INTER_AREA).
 
 FFCV runs these on the decoder's raw uint8 ``[B, H, W, C]`` arrays, before ``ToTensor``; here
 they take the same place in a pipeline (``[decoder, Cutout(8), ToTensor(), ...]``), where the
@@ -19,14 +21,17 @@ kind, not its position).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 from numba import njit
 
-from ..rng import (OP_BRIGHTNESS, OP_CONTRAST, OP_CUTOUT, OP_SATURATION, OP_TRANSLATE,
-                   VIEW_STRIDE, draws)
+from ..pixels.resample import new_scratch, resize_crop_into
+from ..rng import (OP_BRIGHTNESS, OP_CONTRAST, OP_CUTOUT, OP_RESIZED_CROP_OF_IMAGES,
+                   OP_SATURATION, OP_TRANSLATE, VIEW_STRIDE, draws)
 from .base import BatchContext, BatchOp
+from .crop_params import random_resized_crop_boxes
 
 K_APPLY = 0      # apply the colour op at all (u < p)
 K_FACTOR = 1     # its enhancement factor
@@ -296,3 +301,67 @@ class RandomSaturation(_ColorOp):
     (as RandomContrast's) by a factor uniform on [max(0, 1 - magnitude), 1 + magnitude], in
     place.  Draws keyed (seed, epoch, index, OP_SATURATION): K_APPLY, K_FACTOR."""
     _op, _kind = OP_SATURATION, SATURATION
+
+
+# -- RandomResizedCrop of decoded images ---------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def _resized_crops(images, boxes, out, scratch):
+    for k in range(images.shape[0]):
+        resize_crop_into(images[k], boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], out[k],
+                         False, scratch, True)
+
+
+class RandomResizedCropOfImages(RawArrayOp):
+    """FFCV's ``transforms.RandomResizedCrop(scale, ratio, size)``: a random resized crop of
+    images already decoded (e.g. by SimpleRGBImageDecoder), uint8 ``[B, H, W, 3]`` ->
+    ``[B, size, size, 3]``.  The crop-while-decoding RandomResizedCrop decoder is the fast way;
+    this is for pipelines written around FFCV's transform.  Boxes are torchvision's
+    ``RandomResizedCrop.get_params`` algorithm keyed (seed, epoch, index,
+    OP_RESIZED_CROP_OF_IMAGES); the resize is the decoders' antialiased bilinear filter within
+    the box (torchvision's ``resized_crop``), where FFCV uses OpenCV's INTER_AREA.  Outputs go
+    to per-slot buffers, reused."""
+
+    def __init__(self, scale: Sequence[float], ratio: Sequence[float], size: int):
+        if not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"RandomResizedCrop: scale must be an increasing pair > 0, got "
+                             f"{scale}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"RandomResizedCrop: ratio must be an increasing pair > 0, got "
+                             f"{ratio}")
+        if int(size) != size or size < 1:
+            raise ValueError(f"RandomResizedCrop: size must be a positive integer, got {size}")
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.size = int(size)
+        self._outputs: dict[int, np.ndarray] = {}
+
+    def setup(self, ring_size: int) -> None:
+        self._outputs = {}
+
+    def boxes(self, ctx: BatchContext, height: int, width: int) -> np.ndarray:
+        """float64[B, 4]: each image's (top, left, height, width)."""
+        n = len(ctx.indices)
+        out = np.empty((n, 4), dtype=np.float64)
+        random_resized_crop_boxes(ctx.seed, ctx.epoch,
+                                  np.ascontiguousarray(ctx.indices, dtype=np.int64),
+                                  OP_RESIZED_CROP_OF_IMAGES + VIEW_STRIDE * ctx.view,
+                                  np.full(n, height, np.int64), np.full(n, width, np.int64),
+                                  self.scale[0], self.scale[1], math.log(self.ratio[0]),
+                                  math.log(self.ratio[1]), out)
+        return out
+
+    def __call__(self, batch: Any, ctx: BatchContext) -> np.ndarray:
+        images = image_array(batch, "RandomResizedCrop")
+        if images.dtype != np.uint8 or images.shape[3] != 3:
+            raise ValueError(f"RandomResizedCrop needs uint8 [B, H, W, 3] images, got "
+                             f"{images.dtype} {images.shape}")
+        n, height, width = images.shape[:3]
+        out = self._outputs.get(ctx.slot)
+        if out is None or len(out) < n:
+            out = self._outputs[ctx.slot] = np.empty((n, self.size, self.size, 3), np.uint8)
+        out = out[:n]
+        boxes = self.boxes(ctx, height, width)
+        _resized_crops(np.ascontiguousarray(images), boxes, out,
+                       new_scratch(self.size, self.size, height, width))
+        return out

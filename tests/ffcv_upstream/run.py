@@ -40,13 +40,22 @@ BACKEND_LINE = ("import torch as _torch\n"
 INTERNALS = {
     "test_memcpy.py": "tests ffcv.libffcv.memcpy, FFCV's C extension",
     "test_memory_reader.py": "tests ffcv.memory_managers.OSCacheManager, FFCV's page reader",
+    "test_image_read.py": "drives FFCV's image decoder by hand through its memory manager and "
+                          "generated code (OSCacheManager, accept_globals, generate_code)",
     "test_memory_leak.py::test_memory_leak_write": "measures FFCV's writer's process memory "
                                                    "(psutil, minutes per run)",
+    "test_basic_pipeline.py::test_multiple_epoch_doesnt_recompile":
+        "checks that FFCV's generated code (loader.code) is not regenerated; fastdata generates "
+        "none",
+    "test_basic_pipeline.py::test_multiple_epoch_does_recompile":
+        "checks that FFCV's generated code (loader.code) is regenerated; fastdata generates none "
+        "(recompile=True redeclares FFCV-style operations: tests/test_loader_ffcv_api.py)",
 }
 
 #: Tests that need a CUDA device, left out where there is none.
 NEEDS_CUDA = {
     "test_cuda_nonblocking.py": "copies batches to a CUDA device (ToDevice('cuda:0'))",
+    "test_image_normalization.py::test_gpu_normalization": "normalises on a CUDA device",
 }
 
 
