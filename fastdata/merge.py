@@ -26,8 +26,7 @@ from . import format as fmt
 from .fields import Field
 from .reader import Reader
 from .shards import ShardedReader, ShardSpec, shift_pointers
-from .writer import (WriteError, _create_partial, _pwrite_all, _SigtermRaises, _umask,
-                     remove_stale_partials)
+from .writer import WriteError, _pwrite_all, _SigtermRaises, atomic_output
 
 _COPY_CHUNK = 64 << 20     # bytes per pwrite: bounded syscalls, steady progress
 
@@ -64,24 +63,9 @@ def merge_shards(shards: ShardSpec, out: str | os.PathLike,
     with ShardedReader(shards, custom_fields) as reader:
         if any(os.path.exists(out) and os.path.samefile(out, p) for p in reader.paths):
             raise ValueError(f"{out}: the output is one of the shards")
-        with _SigtermRaises():
-            remove_stale_partials(out)
-            fd, tmp_path = _create_partial(out)
-            try:
-                try:
-                    _write_merged(fd, reader)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                Reader(tmp_path, custom_fields).close()
-                os.chmod(tmp_path, 0o666 & ~_umask())
-                os.replace(tmp_path, out)
-            except BaseException:
-                try:
-                    os.unlink(tmp_path)
-                except FileNotFoundError:
-                    pass
-                raise
+        with _SigtermRaises(), atomic_output(out) as (fd, tmp_path):
+            _write_merged(fd, reader)
+            Reader(tmp_path, custom_fields).close()      # checked before it takes out's name
         num_shards, num_samples = len(reader.shards), reader.num_samples
     return MergeReport(out, num_shards, num_samples, os.path.getsize(out),
                        time.perf_counter() - started)

@@ -28,7 +28,7 @@ import bisect
 import importlib.util
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field as dataclass_field
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
@@ -461,24 +461,10 @@ class DatasetWriter:
 
     def _write_atomically(self, num_samples: int, results, describe, source_index
                           ) -> WriteReport:
-        remove_stale_partials(self.path)
         started = time.perf_counter()
-        fd, tmp_path = _create_partial(self.path)
-        try:
-            try:
-                written, failures = self._write_file(fd, num_samples, results, describe,
-                                                     source_index)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.chmod(tmp_path, 0o666 & ~_umask())
-            os.replace(tmp_path, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp_path)
-            except FileNotFoundError:
-                pass
-            raise
+        with atomic_output(self.path) as (fd, _):
+            written, failures = self._write_file(fd, num_samples, results, describe,
+                                                 source_index)
         seconds = time.perf_counter() - started
         error_log = self._write_error_log(failures)
         return WriteReport(self.path, written, len(failures), seconds, os.path.getsize(self.path),
@@ -655,6 +641,30 @@ def _host_tag() -> str:
     """8 hex digits naming this machine: a writer on another machine sharing the output folder
     (whose pid means nothing here) must never be taken for a dead one."""
     return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+@contextmanager
+def atomic_output(path: str) -> Iterator[tuple[int, str]]:
+    """(file descriptor, path) of a new temporary file beside ``path``, made after removing
+    the temporary files killed writers of ``path`` left.  When the block ends without error the
+    file is fsynced, given the umask's permissions and renamed over ``path``; on any error
+    (SIGTERM's WriteTerminated included) it is removed and ``path`` is left as it was."""
+    remove_stale_partials(path)
+    fd, tmp_path = _create_partial(path)
+    try:
+        try:
+            yield fd, tmp_path
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.replace(tmp_path, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_path)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _create_partial(path: str) -> tuple[int, str]:

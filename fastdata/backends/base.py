@@ -173,6 +173,22 @@ class RegionPlan:
     rois: np.ndarray
 
 
+
+def checked_positions(images: StoredImages, crops: CropParams, indices: np.ndarray, start: int,
+                      stop: int, strict: bool,
+                      fail: Callable[[int, int, str], BaseException]) -> np.ndarray:
+    """The batch positions ``crops.paste.order[start:stop]`` a batched decoder is to decode,
+    once every JPEG record among them passed ``jpeg_problem``; otherwise raises
+    ``fail(position, sample index, problem)`` for the first that did not."""
+    positions = np.ascontiguousarray(crops.paste.order[start:stop])
+    samples = indices[positions]
+    is_jpeg = images.modes[samples] == MODE_JPG
+    for k, index in zip(positions[is_jpeg], samples[is_jpeg]):
+        problem = jpeg_problem(images, int(index), strict)
+        if problem is not None:
+            raise fail(int(k), int(index), problem)
+    return positions
+
 def region_plan(crops: CropParams, positions: np.ndarray, edge: int = EDGE) -> RegionPlan:
     """The RegionPlan of batch positions ``positions`` (int64[m]) of ``crops``: what the CPU
     kernel reads at full scale (pixels.image_kernel.decode_range without its DCT scaling),
@@ -262,4 +278,4 @@ def make_backend(backend: Union[str, ImageBackend], **options: Any) -> ImageBack
 
 
 __all__ = ["ImageBackend", "StoredImages", "BACKENDS", "make_backend", "RegionPlan",
-           "region_plan", "write_outputs", "jpeg_problem", "missing_extra", "device_slots"]
+           "region_plan", "write_outputs", "jpeg_problem", "checked_positions", "missing_extra", "device_slots"]

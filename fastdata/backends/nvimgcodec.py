@@ -34,7 +34,7 @@ import numpy as np
 from ..fields.rgb_image import MODE_JPG
 from ..ops.crops import CropParams
 from ..reader import SampleError
-from .base import (ImageBackend, device_slots, jpeg_problem, missing_extra, region_plan,
+from .base import (ImageBackend, checked_positions, device_slots, missing_extra, region_plan,
                    write_outputs)
 from .resize_torch import resize_box
 
@@ -130,17 +130,13 @@ class NvImageCodecBackend(ImageBackend):
                      outs: tuple, state: dict,
                      describe: Optional[Callable[[int], str]] = None) -> None:
         import torch
-        positions = np.ascontiguousarray(crops.paste.order[start:stop])
+        positions = checked_positions(
+            self.images, crops, indices, start, stop, not self.accept_jpeg_warnings,
+            lambda k, index, problem: self._error(k, index, problem, describe))
         if not len(positions):
             return
-        images = self.images
         samples = indices[positions]
-        is_jpeg = images.modes[samples] == MODE_JPG
-        strict = not self.accept_jpeg_warnings
-        for k, index in zip(positions[is_jpeg], samples[is_jpeg]):
-            problem = jpeg_problem(images, int(index), strict)
-            if problem is not None:
-                raise self._error(int(k), int(index), problem, describe)
+        is_jpeg = self.images.modes[samples] == MODE_JPG
         plan = region_plan(crops, positions)
         stream = state["stream"]
         with self._lock, (torch.cuda.stream(stream) if stream is not None else nullcontext()):
