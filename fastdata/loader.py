@@ -442,10 +442,12 @@ class Loader:
             probe_pipelines.pop(field_name)
             if field_name in spec:
                 probe_pipelines[field_name] = spec[field_name]
-        probe = Loader(self.path, self.batch_size, self._args["num_workers"],
+        remote = {k: args[k] for k in ("cache_dir", "cache_size", "storage_options",
+                                       "remote_settings")}
+        probe = Loader(args["fname"], self.batch_size, args["num_workers"],
                        order=OrderOption.SEQUENTIAL, seed=self.seed, indices=self.indices,
                        pipelines=probe_pipelines, custom_fields=args["custom_fields"],
-                       drop_last=False, batches_ahead=self.batches_ahead)
+                       drop_last=False, batches_ahead=self.batches_ahead, **remote)
         kept = []
         with probe:
             position = 0

@@ -98,6 +98,15 @@ def test_filter_keeps_the_samples_whose_field_passes(beton):
         loader.filter("nope", bool)
 
 
+def test_filter_works_on_a_shard_set(beton, tmp_path):
+    import shutil
+    second = str(tmp_path / "second.beton")
+    shutil.copy(beton, second)
+    loader = Loader([beton, second], 8, pipelines={"blob": None})
+    filtered = loader.filter("index", lambda i: i[0] % 10 == 0)
+    assert filtered.indices.tolist() == [i for i in range(2 * N) if (i % N) % 10 == 0]
+
+
 def test_next_epoch_is_readable_and_settable(beton):
     loader = Loader(beton, 8, order="random", seed=2, pipelines={"blob": None})
     assert loader.next_epoch == 0
