@@ -3,7 +3,7 @@ pipeline, in one run: RandomResizedCrop 224 + horizontal flip, uint8 batches of 
 img/s per core.  This prices fastdata's plumbing around DALI (external_source feeding, our crops)
 against DALI reading its files itself.
 
-    python bench/dali_cpu.py --data /work/data/inet2k [--threads 2] [--epochs 2]
+    python bench/dali_cpu.py --data DIR [--threads 2] [--epochs 2]
 
 - cpu: ``Loader`` with ``RandomResizedCrop(224)`` (the Numba kernel, libjpeg-turbo 3 region
   decoding with DCT scaling), ``num_workers=threads``;

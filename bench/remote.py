@@ -1,6 +1,6 @@
 """Remote .beton files: the training pipeline over s3:// (a local moto S3 server) vs local disk.
 
-    python bench/remote.py --data /work/data/inet2k [--work-dir DIR] [--threads 2] [--epochs 2]
+    python bench/remote.py --data DIR [--work-dir DIR] [--threads 2] [--epochs 2]
 
 Writes ``DIR/train.beton`` from the ImageNet-style folder ``--data`` once (``fastdata write
 imagenet --max-resolution 256 --write-mode jpg``), starts ``python -m moto.server`` on 127.0.0.1
@@ -19,6 +19,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -68,7 +69,8 @@ def run_epochs(source: str, order: str, threads: int, epochs: int, options=None)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="ImageNet-style folder (DIR/train/...)")
-    parser.add_argument("--work-dir", default="/tmp/fastdata-bench-remote")
+    parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(),
+                                                          "fastdata-bench-remote"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3,

@@ -1,7 +1,7 @@
 """Sharded conversion and merge: N writer processes (one shard each) vs one writer, and the
 throughput of ``fastdata merge`` vs a plain copy of the same shard files.
 
-    python bench/shards.py --data /work/data/inet10k --shards 2 --workers 1
+    python bench/shards.py --data DIR --shards 2 --workers 1
 
 - ``one writer``: ``python -m fastdata.cli write imagenet --data-dir DATA --workers N*W``;
 - ``N shards``: N such commands started at once, ``--shard K/N --workers W`` each (what N
