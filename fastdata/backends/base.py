@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -174,9 +174,16 @@ class RegionPlan:
 
 
 
-def checked_positions(images: StoredImages, crops: CropParams, indices: np.ndarray, start: int,
-                      stop: int, strict: bool,
-                      fail: Callable[[int, int, str], BaseException]) -> np.ndarray:
+class CheckedPart(NamedTuple):
+    """A range of a batch that a batched decoder is to decode (see checked_part)."""
+    positions: np.ndarray     # int64: batch positions, in the paste order
+    samples: np.ndarray       # int64: their sample indices
+    is_jpeg: np.ndarray       # bool: which are JPEG records (the others raw)
+
+
+def checked_part(images: StoredImages, crops: CropParams, indices: np.ndarray, start: int,
+                 stop: int, strict: bool,
+                 fail: Callable[[int, int, str], BaseException]) -> CheckedPart:
     """The batch positions ``crops.paste.order[start:stop]`` a batched decoder is to decode,
     once every JPEG record among them passed ``jpeg_problem``; otherwise raises
     ``fail(position, sample index, problem)`` for the first that did not."""
@@ -187,7 +194,8 @@ def checked_positions(images: StoredImages, crops: CropParams, indices: np.ndarr
         problem = jpeg_problem(images, int(index), strict)
         if problem is not None:
             raise fail(int(k), int(index), problem)
-    return positions
+    return CheckedPart(positions, samples, is_jpeg)
+
 
 def region_plan(crops: CropParams, positions: np.ndarray, edge: int = EDGE) -> RegionPlan:
     """The RegionPlan of batch positions ``positions`` (int64[m]) of ``crops``: what the CPU
@@ -278,4 +286,4 @@ def make_backend(backend: Union[str, ImageBackend], **options: Any) -> ImageBack
 
 
 __all__ = ["ImageBackend", "StoredImages", "BACKENDS", "make_backend", "RegionPlan",
-           "region_plan", "write_outputs", "jpeg_problem", "checked_positions", "missing_extra", "device_slots"]
+           "region_plan", "write_outputs", "jpeg_problem", "checked_part", "CheckedPart", "missing_extra", "device_slots"]

@@ -44,7 +44,7 @@ from ..fields.rgb_image import MODE_JPG
 from ..ops.crops import CropParams
 from ..pixels import jpeg
 from ..reader import SampleError
-from .base import (ImageBackend, RegionPlan, checked_positions, device_slots, missing_extra,
+from .base import (ImageBackend, RegionPlan, checked_part, device_slots, missing_extra,
                    region_plan, write_outputs)
 
 DEVICES = ("auto", "cpu", "gpu")
@@ -256,13 +256,11 @@ class DaliBackend(ImageBackend):
     def decode_range(self, crops: CropParams, indices: np.ndarray, start: int, stop: int,
                      outs: tuple, state: dict,
                      describe: Optional[Callable[[int], str]] = None) -> None:
-        positions = checked_positions(
+        positions, samples, is_jpeg = checked_part(
             self.images, crops, indices, start, stop, not self.accept_jpeg_warnings,
             lambda k, index, problem: self._error(k, index, problem, describe))
         if not len(positions):
             return
-        samples = indices[positions]
-        is_jpeg = self.images.modes[samples] == MODE_JPG
         plan = region_plan(crops, positions)
         if self.on_gpu:
             with self._lock:

@@ -31,10 +31,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..fields.rgb_image import MODE_JPG
 from ..ops.crops import CropParams
 from ..reader import SampleError
-from .base import (ImageBackend, checked_positions, device_slots, missing_extra, region_plan,
+from .base import (ImageBackend, checked_part, device_slots, missing_extra, region_plan,
                    write_outputs)
 from .resize_torch import resize_box
 
@@ -130,13 +129,11 @@ class NvImageCodecBackend(ImageBackend):
                      outs: tuple, state: dict,
                      describe: Optional[Callable[[int], str]] = None) -> None:
         import torch
-        positions = checked_positions(
+        positions, samples, is_jpeg = checked_part(
             self.images, crops, indices, start, stop, not self.accept_jpeg_warnings,
             lambda k, index, problem: self._error(k, index, problem, describe))
         if not len(positions):
             return
-        samples = indices[positions]
-        is_jpeg = self.images.modes[samples] == MODE_JPG
         plan = region_plan(crops, positions)
         stream = state["stream"]
         with self._lock, (torch.cuda.stream(stream) if stream is not None else nullcontext()):

@@ -59,25 +59,40 @@ def _mix_previous(images, lam, out):
             dst[i, p] = a * np.float64(flat[i, p]) + b * np.float64(flat[j, p])
 
 
-class ImageMixup(BatchOp):
-    """FFCV's ImageMixup(alpha, same_lambda) on CPU images before ToDevice (the decoder's
-    ``[B, H, W, C]`` layout): writes the mixed batch into a per-slot buffer made once."""
+class _PairMixup(BatchOp):
+    """What ImageMixup and LabelMixup share: FFCV's arguments, and an output buffer per ring
+    slot, made again only when a batch needs a larger or different one."""
 
     ffcv_jit_mode = None      # keeps its input's (FFCV: the previous state)
 
     def __init__(self, alpha: float, same_lambda: bool):
-        self.alpha = _check_alpha(alpha, "ImageMixup")
+        self.alpha = _check_alpha(alpha, type(self).__name__)
         self.same_lambda = bool(same_lambda)
         self._out: list[Optional[np.ndarray]] = []
 
     def setup(self, ring_size: int) -> None:
         self._out = [None] * ring_size
 
+    def _buffer(self, slot: int, shape: tuple, dtype: Any) -> np.ndarray:
+        """An uninitialised [shape[0], ...] array of ``dtype``: slot ``slot``'s, reused."""
+        if not self._out:
+            return np.empty(shape, dtype=dtype)       # not run by a Loader
+        out = self._out[slot]
+        if out is None or out.shape[0] < shape[0] or out.shape[1:] != shape[1:] \
+                or out.dtype != dtype:
+            out = self._out[slot] = np.empty(shape, dtype=dtype)
+        return out[:shape[0]]
+
+
+class ImageMixup(_PairMixup):
+    """FFCV's ImageMixup(alpha, same_lambda) on CPU images before ToDevice (the decoder's
+    ``[B, H, W, C]`` layout): writes the mixed batch into a per-slot buffer made once."""
+
     def __call__(self, batch: Any, ctx: BatchContext) -> Any:
         import torch
         images = image_array(batch, "ImageMixup")
         lam = mixup_lambdas(self.alpha, self.same_lambda, ctx)
-        out = self._buffer(ctx.slot, images)
+        out = self._buffer(ctx.slot, images.shape, images.dtype)
         _mix_previous(np.ascontiguousarray(images), lam, out)
         if not isinstance(batch, torch.Tensor):
             return out
@@ -85,28 +100,11 @@ class ImageMixup(BatchOp):
         # ToTorchImage's view in, the same view out.
         return result.permute(0, 3, 1, 2) if is_torch_image_view(batch) else result
 
-    def _buffer(self, slot: int, images: np.ndarray) -> np.ndarray:
-        if not self._out:
-            return np.empty(images.shape, dtype=images.dtype)     # not run by a Loader
-        out = self._out[slot]
-        if out is None or out.shape != images.shape or out.dtype != images.dtype:
-            out = self._out[slot] = np.empty(images.shape, dtype=images.dtype)
-        return out
 
 
-class LabelMixup(BatchOp):
+class LabelMixup(_PairMixup):
     """FFCV's LabelMixup(alpha, same_lambda): integer labels [B] or [B, 1] -> float32 [B, 3]
     rows ``(y[i], y[i - 1], lam)``, with the lambdas ImageMixup of the same arguments draws."""
-
-    ffcv_jit_mode = None      # keeps its input's (FFCV: the previous state)
-
-    def __init__(self, alpha: float, same_lambda: bool):
-        self.alpha = _check_alpha(alpha, "LabelMixup")
-        self.same_lambda = bool(same_lambda)
-        self._out: list[Optional[np.ndarray]] = []
-
-    def setup(self, ring_size: int) -> None:
-        self._out = [None] * ring_size
 
     def __call__(self, batch: Any, ctx: BatchContext) -> Any:
         import torch
@@ -116,21 +114,13 @@ class LabelMixup(BatchOp):
         if labels.ndim != 1 or len(labels) != len(ctx.indices):
             raise ValueError(f"LabelMixup needs labels [B] or [B, 1], got {tuple(batch.shape)}")
         n = len(labels)
-        out = self._buffer(ctx.slot, n)
+        out = self._buffer(ctx.slot, (n, 3), np.float32)
         out[:, 0] = labels
         out[:, 1] = np.roll(labels, 1)
         out[:, 2] = mixup_lambdas(self.alpha, self.same_lambda, ctx)
         if isinstance(batch, torch.Tensor):
             return torch.from_numpy(out).to(batch.device)
         return out
-
-    def _buffer(self, slot: int, n: int) -> np.ndarray:
-        if not self._out:
-            return np.empty((n, 3), dtype=np.float32)
-        out = self._out[slot]
-        if out is None or out.shape[0] < n:
-            out = self._out[slot] = np.empty((n, 3), dtype=np.float32)
-        return out[:n]
 
 
 class MixupToOneHot(BatchOp):
